@@ -1,0 +1,1 @@
+"""Benchmarks (``python -m fedhd bench ...``): speed ratios and error statistics."""

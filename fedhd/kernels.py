@@ -1,0 +1,256 @@
+"""Fused CPU kernels (numba), one pass over memory per direction.
+
+All kernels work chunk by chunk (a chunk of <= 2**16 float32 fits in L2 cache) and run
+chunks in parallel. ``fwht`` is the unnormalized Walsh-Hadamard transform H (H H = n I);
+callers fold the 1/sqrt(n) normalization into scales and tables.
+
+Code packing: chunk c's codes occupy bytes [code_off[c], code_off[c] + n_c * b / 8);
+groups of 8 consecutive b-bit codes fill b bytes, code q of a group at bits
+[q*b, (q+1)*b) of the group's little-endian integer (LSB first).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .rng import splitmix_nb
+
+
+@njit(inline="always", cache=True)
+def fwht(a):  # pragma: no cover - compiled
+    """In-place unnormalized FWHT of a float32 array of power-of-2 length >= 8.
+
+    A radix-8 pass, then radix-4 passes over contiguous views (which LLVM vectorizes).
+    """
+    n = a.shape[0]
+    for i in range(0, n, 8):
+        a0 = a[i] + a[i + 1]
+        a1 = a[i] - a[i + 1]
+        a2 = a[i + 2] + a[i + 3]
+        a3 = a[i + 2] - a[i + 3]
+        a4 = a[i + 4] + a[i + 5]
+        a5 = a[i + 4] - a[i + 5]
+        a6 = a[i + 6] + a[i + 7]
+        a7 = a[i + 6] - a[i + 7]
+        b0 = a0 + a2
+        b1 = a1 + a3
+        b2 = a0 - a2
+        b3 = a1 - a3
+        b4 = a4 + a6
+        b5 = a5 + a7
+        b6 = a4 - a6
+        b7 = a5 - a7
+        a[i] = b0 + b4
+        a[i + 1] = b1 + b5
+        a[i + 2] = b2 + b6
+        a[i + 3] = b3 + b7
+        a[i + 4] = b0 - b4
+        a[i + 5] = b1 - b5
+        a[i + 6] = b2 - b6
+        a[i + 7] = b3 - b7
+    h = 8
+    while h < n:
+        if 4 * h <= n:
+            for i in range(0, n, 4 * h):
+                p0 = a[i:i + h]
+                p1 = a[i + h:i + 2 * h]
+                p2 = a[i + 2 * h:i + 3 * h]
+                p3 = a[i + 3 * h:i + 4 * h]
+                for k in range(h):
+                    s0 = p0[k] + p1[k]
+                    s1 = p0[k] - p1[k]
+                    s2 = p2[k] + p3[k]
+                    s3 = p2[k] - p3[k]
+                    p0[k] = s0 + s2
+                    p1[k] = s1 + s3
+                    p2[k] = s0 - s2
+                    p3[k] = s1 - s3
+            h *= 4
+        else:
+            for i in range(0, n, 2 * h):
+                p0 = a[i:i + h]
+                p1 = a[i + h:i + 2 * h]
+                for k in range(h):
+                    s0 = p0[k] + p1[k]
+                    p1[k] = p0[k] - p1[k]
+                    p0[k] = s0
+            h *= 2
+
+
+@njit(inline="always", cache=True)
+def load_signed(x, start, real, key, buf):  # pragma: no cover - compiled
+    """buf[i] = sign_i * x[start + i] for i < real, 0 beyond (padding)."""
+    n = buf.shape[0]
+    for w in range((n + 63) // 64):
+        word = splitmix_nb(key, w)
+        base = w * 64
+        for k in range(64):
+            i = base + k
+            if i >= n:
+                break
+            v = np.float32(0.0)
+            if i < real:
+                v = x[start + i]
+            if (word >> np.uint64(k)) & np.uint64(1):
+                v = -v
+            buf[i] = v
+
+
+@njit(inline="always", cache=True)
+def store_signed(buf, start, real, key, out):  # pragma: no cover - compiled
+    """out[start + i] = sign_i * buf[i] for i < real (drops padding)."""
+    n = buf.shape[0]
+    for w in range((n + 63) // 64):
+        word = splitmix_nb(key, w)
+        base = w * 64
+        for k in range(64):
+            i = base + k
+            if i >= real:
+                break
+            v = buf[i]
+            if (word >> np.uint64(k)) & np.uint64(1):
+                v = -v
+            out[start + i] = v
+
+
+@njit(parallel=True, cache=True)
+def chunk_sumsq(x, starts, sizes, d):  # pragma: no cover - compiled
+    """Sum of squares (float64) of the real coordinates of each chunk."""
+    C = starts.shape[0]
+    out = np.empty(C, np.float64)
+    for c in prange(C):
+        s = 0.0
+        for i in range(starts[c], min(starts[c] + sizes[c], d)):
+            v = np.float64(x[i])
+            s += v * v
+        out[c] = s
+    return out
+
+
+@njit(inline="always", cache=True)
+def quantize_pack(buf, thr, bits, out, off):  # pragma: no cover - compiled
+    """Code_i = #{m : thr[m] < buf[i]} (thr sorted, 2**bits - 1 used), packed at out[off:]."""
+    n = buf.shape[0]
+    L = 1 << bits
+    codes = np.zeros(n, np.uint8)
+    if L <= 16:  # a few vectorized compare-and-count passes over the cached chunk
+        for m in range(L - 1):
+            t = thr[m]
+            for i in range(n):
+                codes[i] += buf[i] > t
+    else:  # branchless binary search over the sorted thresholds
+        for i in range(n):
+            v = buf[i]
+            j = 0
+            step = L >> 1
+            while step > 0:
+                if thr[j + step - 1] < v:
+                    j += step
+                step >>= 1
+            codes[i] = j
+    pack_codes(codes, bits, out, off)
+
+
+@njit(inline="always", cache=True)
+def pack_codes(codes, bits, out, off):  # pragma: no cover - compiled
+    """Pack b-bit codes (n a multiple of 8) LSB-first into out[off : off + n*b/8]."""
+    n = codes.shape[0]
+    if 8 % bits == 0:
+        per = 8 // bits
+        for p in range(n // per):
+            byte = np.uint8(0)
+            for q in range(per):
+                byte |= codes[p * per + q] << np.uint8(q * bits)
+            out[off + p] = byte
+    else:
+        for g in range(n // 8):
+            acc = np.uint64(0)
+            for q in range(8):
+                acc |= np.uint64(codes[g * 8 + q]) << np.uint64(q * bits)
+            p = off + g * bits
+            for k in range(bits):
+                out[p + k] = np.uint8((acc >> np.uint64(8 * k)) & np.uint64(0xFF))
+
+
+@njit(inline="always", cache=True)
+def unpack_lookup(codes, off, table, bits, buf, weight, accumulate):  # pragma: no cover
+    """buf[i] (+)= weight * table[code_i] for the chunk's packed codes."""
+    n = buf.shape[0]
+    mask = np.uint64((1 << bits) - 1)
+    for g in range(n // 8):
+        p = off + g * bits
+        acc = np.uint64(0)
+        for k in range(bits):
+            acc |= np.uint64(codes[p + k]) << np.uint64(8 * k)
+        for q in range(8):
+            j = (acc >> np.uint64(q * bits)) & mask
+            v = weight * table[j]
+            if accumulate:
+                buf[g * 8 + q] += v
+            else:
+                buf[g * 8 + q] = v
+
+
+@njit(parallel=True, cache=True)
+def rotate_quantize(x, d, starts, sizes, keys, thr, bits, out, code_off, clip_s):  # pragma: no cover
+    """Encode: signs -> FWHT -> per-chunk thresholds -> packed b-bit codes, per chunk.
+
+    Returns sum_i y'_i * clamp(y'_i, -clip_s[c], clip_s[c]) per chunk (float64), the
+    expected inner product <y', decoded y'> used for the clip-bias scale correction.
+    """
+    C = starts.shape[0]
+    corr = np.empty(C, np.float64)
+    for c in prange(C):
+        n = sizes[c]
+        buf = np.empty(n, np.float32)
+        real = min(n, d - starts[c])
+        load_signed(x, starts[c], real, keys[c], buf)
+        fwht(buf)
+        cs = clip_s[c]
+        acc = 0.0
+        for i in range(n):
+            v = buf[i]
+            acc += np.float64(v) * np.float64(min(max(v, -cs), cs))
+        corr[c] = acc
+        quantize_pack(buf, thr[c], bits, out, code_off[c])
+    return corr
+
+
+@njit(parallel=True, cache=True)
+def lookup_rotated(codes, starts, sizes, tables, bits, code_off, weight, acc):  # pragma: no cover
+    """Decode-before-sum: acc[chunk] += weight * table_c[code] in the rotated domain."""
+    for c in prange(starts.shape[0]):
+        n = sizes[c]
+        unpack_lookup(codes, code_off[c], tables[c], bits,
+                      acc[starts[c]:starts[c] + n], weight, True)
+
+
+@njit(parallel=True, cache=True)
+def unrotate(acc, d, starts, sizes, keys, out):  # pragma: no cover
+    """Decode-after-sum: out = D H acc per chunk (acc is overwritten)."""
+    for c in prange(starts.shape[0]):
+        n = sizes[c]
+        buf = acc[starts[c]:starts[c] + n]
+        fwht(buf)
+        store_signed(buf, starts[c], min(n, d - starts[c]), keys[c], out)
+
+
+@njit(parallel=True, cache=True)
+def dequantize_unrotate(codes, d, starts, sizes, keys, tables, bits, code_off, out):  # pragma: no cover
+    """Decode one blob: table lookup -> FWHT -> signs, per chunk, into out[:d]."""
+    for c in prange(starts.shape[0]):
+        n = sizes[c]
+        buf = np.empty(n, np.float32)
+        unpack_lookup(codes, code_off[c], tables[c], bits, buf, np.float32(1.0), False)
+        fwht(buf)
+        store_signed(buf, starts[c], min(n, d - starts[c]), keys[c], out)
+
+
+@njit(parallel=True, cache=True)
+def rotate(x, d, starts, sizes, keys, out):  # pragma: no cover - compiled
+    """out[padded] = H D x per chunk (unnormalized), for methods that quantize in numpy."""
+    for c in prange(starts.shape[0]):
+        n = sizes[c]
+        load_signed(x, starts[c], min(n, d - starts[c]), keys[c], out[starts[c]:starts[c] + n])
+        fwht(out[starts[c]:starts[c] + n])

@@ -1,0 +1,125 @@
+"""The method contract: every compressor encodes a float32 vector into one blob.
+
+A ``Method`` turns a validated 1-D float32 vector into a blob that starts with the common
+header (``fedhd.wire``) and decodes it back. Methods that rotate with the shared HD
+transform (``rotated = True``) also decode into the rotated domain, so a server can sum
+many clients there and run one inverse rotation (decode-after-sum, ``fedhd.Aggregator``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels as K
+from .. import rng
+from ..errors import DecodeError
+from ..layout import Layout, make_layout
+from ..wire import HEADER_BYTES, Header, check_payload, read_header, seal, write_header
+
+
+class Method:
+    """Base class. Subclasses set ``name``, ``method_id`` and implement the hooks."""
+
+    name: str = ""
+    method_id: int = 0
+    rotated: bool = False
+    unbiased: bool = True
+    #: Whether ``bits`` is a fixed integer rate (False: a float budget in bits/coordinate).
+    integer_bits: bool = True
+    min_bits: float = 1
+    max_bits: float = 8
+    default_bits: float = 2
+
+    # -- arguments -------------------------------------------------------------------------
+    def check_bits(self, bits: float) -> float:
+        """Validate the rate; return it normalized (int for fixed-rate methods)."""
+        if isinstance(bits, bool) or not isinstance(bits, (int, float, np.integer, np.floating)):
+            raise TypeError(f"bits must be a number, got {type(bits).__name__}")
+        if self.integer_bits:
+            if float(bits) != int(bits):
+                raise ValueError(f"{self.name} takes an integer number of bits, got {bits}")
+            bits = int(bits)
+        else:
+            bits = float(bits)
+        if not self.min_bits <= bits <= self.max_bits:
+            raise ValueError(
+                f"{self.name}: bits must be in [{self.min_bits}, {self.max_bits}], got {bits}"
+            )
+        return bits
+
+    # -- hooks -----------------------------------------------------------------------------
+    def payload_size(self, h: Header, layout: Layout) -> int:
+        """Fixed-size methods: payload bytes implied by the header. Variable-size: override
+        ``expected_size``."""
+        raise NotImplementedError
+
+    def expected_size(self, blob: memoryview, h: Header, layout: Layout) -> int:
+        """Total blob length implied by the header (and any method sub-header)."""
+        return HEADER_BYTES + self.payload_size(h, layout)
+
+    def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> bytes | np.ndarray:
+        raise NotImplementedError
+
+    def decode_payload(
+        self, payload: memoryview, h: Header, layout: Layout, out: np.ndarray
+    ) -> None:
+        """Write the decoded vector into ``out`` (float32, length d)."""
+        raise NotImplementedError
+
+    def accumulate_rotated(
+        self, payload: memoryview, h: Header, layout: Layout, acc: np.ndarray, weight: float
+    ) -> None:
+        """Rotated methods: acc (length layout.padded) += weight * decoded rotated chunks,
+        scaled so that ``unrotate(acc)`` gives the weighted sum of decoded vectors."""
+        raise NotImplementedError
+
+    # -- driver ----------------------------------------------------------------------------
+    def encode(
+        self, x: np.ndarray, bits: float, seed: int, dither_seed: int, log2_chunk: int
+    ) -> bytes:
+        layout = make_layout(x.shape[0], log2_chunk)
+        h = Header(self.method_id, bits, log2_chunk, x.shape[0], seed, dither_seed)
+        payload = self.encode_payload(x, h, layout)
+        buf = bytearray(HEADER_BYTES + len(payload))
+        write_header(buf, h)
+        np.frombuffer(buf, np.uint8)[HEADER_BYTES:] = np.frombuffer(payload, np.uint8)
+        return seal(buf)
+
+    def open(self, blob: memoryview) -> tuple[Header, Layout, memoryview]:
+        """Validate a blob completely (fields, exact length, CRC) before any allocation."""
+        h = read_header(blob)
+        if h.method_id != self.method_id:
+            raise DecodeError(f"blob holds method id {h.method_id}, not {self.name}")
+        try:
+            self.check_bits(h.bits)
+        except (TypeError, ValueError) as e:
+            raise DecodeError(f"bad bits field: {e}") from None
+        layout = make_layout(h.d, h.log2_chunk)
+        payload = check_payload(blob, self.expected_size(blob, h, layout))
+        return h, layout, payload
+
+    def decode(self, blob: memoryview, out: np.ndarray | None = None) -> np.ndarray:
+        h, layout, payload = self.open(blob)
+        if out is None or out.shape != (h.d,) or out.dtype != np.float32:
+            out = np.empty(h.d, np.float32)
+        self.decode_payload(payload, h, layout, out)
+        return out
+
+
+def finite_chunk_sumsq(x: np.ndarray, layout: Layout) -> np.ndarray:
+    """Per-chunk sum of squares in float64; ValueError if x holds NaN or Inf.
+
+    A float64 sum of float32 squares cannot overflow, so a non-finite sum means a
+    non-finite input.
+    """
+    ss = K.chunk_sumsq(x, layout.starts, layout.sizes, x.shape[0])
+    if not np.isfinite(ss).all():
+        raise ValueError("x contains NaN or Inf")
+    return ss
+
+
+def unrotate(acc: np.ndarray, seed: int, layout: Layout, out: np.ndarray) -> np.ndarray:
+    """out[:d] = D H acc chunk by chunk (unnormalized H; acc is overwritten)."""
+    K.unrotate(acc, layout.d, layout.starts, layout.sizes,
+               rng.sign_keys(seed, layout.chunks), out)
+    return out

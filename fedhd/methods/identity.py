@@ -1,0 +1,31 @@
+"""identity: the raw float32 vector (32 bits per coordinate), the uncompressed baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..layout import Layout
+from ..wire import Header
+from .base import Method, finite_chunk_sumsq
+
+
+class Identity(Method):
+    name = "identity"
+    method_id = 0
+    min_bits = 32
+    max_bits = 32
+    default_bits = 32
+    unbiased = True
+
+    def payload_size(self, h: Header, layout: Layout) -> int:
+        return 4 * h.d
+
+    def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> np.ndarray:
+        finite_chunk_sumsq(x, layout)
+        return x.astype("<f4", copy=False).view(np.uint8)
+
+    def decode_payload(self, payload, h, layout, out):
+        out[:] = np.frombuffer(payload, dtype="<f4")
+
+
+METHOD = Identity()

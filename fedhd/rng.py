@@ -1,0 +1,100 @@
+"""Counter-based shared randomness: SplitMix64, identical on every backend.
+
+Every random value is a pure function of (seed, stream, index), so a client and a
+server, on numpy, numba, torch or CuPy, derive the same bits without sharing state.
+
+Definitions (all arithmetic modulo 2**64):
+
+- ``mix64(z)``: the SplitMix64 output finalizer (Stafford's variant 13).
+- ``splitmix(state, i) = mix64(state + (i + 1) * GAMMA)``: the i-th SplitMix64 output.
+- ``stream_key(seed, stream, j) = splitmix(splitmix(seed, stream), j)``.
+- Rotation signs of chunk ``c``: ``key = stream_key(seed, STREAM_SIGNS, c)``; coordinate
+  ``i`` of the chunk is negated iff bit ``i % 64`` of ``splitmix(key, i // 64)`` is 1.
+- Dither of chunk ``c``: ``u = (stream_key(dither_seed, STREAM_DITHER, c) >> 11) * 2**-53``,
+  uniform on [0, 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+GAMMA = 0x9E3779B97F4A7C15
+MUL1 = 0xBF58476D1CE4E5B9
+MUL2 = 0x94D049BB133111EB
+STREAM_SIGNS = 1
+STREAM_DITHER = 2
+STREAM_METHOD = 3  # free for methods that need more randomness (e.g. stochastic rounding)
+MASK64 = (1 << 64) - 1
+
+_U = np.uint64
+
+
+def mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64 finalizer on a uint64 array (wrapping arithmetic)."""
+    z = np.asarray(z, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> _U(30))) * _U(MUL1)
+        z = (z ^ (z >> _U(27))) * _U(MUL2)
+    return z ^ (z >> _U(31))
+
+
+def splitmix(state: np.ndarray | int, i: np.ndarray | int) -> np.ndarray:
+    """The i-th output (0-based) of SplitMix64 started at ``state``."""
+    state = np.asarray(state, dtype=np.uint64)
+    i = np.asarray(i, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return mix64(state + (i + _U(1)) * _U(GAMMA))
+
+
+def check_seed(seed: int, name: str = "seed") -> int:
+    """Validate a seed: an integer in [0, 2**64)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed <= MASK64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {seed}")
+    return seed
+
+
+def stream_keys(seed: int, stream: int, count: int) -> np.ndarray:
+    """``stream_key(seed, stream, j)`` for j = 0..count-1, as uint64."""
+    base = splitmix(np.uint64(seed), stream)
+    return splitmix(base, np.arange(count, dtype=np.uint64))
+
+
+def uniforms(seed: int, stream: int, count: int) -> np.ndarray:
+    """``count`` float64 uniforms on [0, 1) from (seed, stream): 53 high bits of each key."""
+    return (stream_keys(seed, stream, count) >> _U(11)).astype(np.float64) * 2.0**-53
+
+
+def dithers(dither_seed: int, chunks: int) -> np.ndarray:
+    """The scalar dither u_c ~ U[0, 1) of each chunk, float64."""
+    return uniforms(dither_seed, STREAM_DITHER, chunks)
+
+
+def sign_keys(seed: int, chunks: int) -> np.ndarray:
+    """The per-chunk keys of the rotation signs, uint64."""
+    return stream_keys(seed, STREAM_SIGNS, chunks)
+
+
+def signs(key: int, n: int) -> np.ndarray:
+    """Reference (numpy) rotation signs of one chunk of n coordinates: float32 of +-1."""
+    words = splitmix(np.uint64(key), np.arange((n + 63) // 64, dtype=np.uint64))
+    bits = np.unpackbits(words.astype("<u8").view(np.uint8), bitorder="little")[:n]
+    return (1.0 - 2.0 * bits).astype(np.float32)
+
+
+# --- numba twins, used inside the fused kernels -------------------------------------------
+
+
+@njit(inline="always", cache=True)
+def mix64_nb(z):  # pragma: no cover - compiled
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(MUL1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(MUL2)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(inline="always", cache=True)
+def splitmix_nb(state, i):  # pragma: no cover - compiled
+    return mix64_nb(state + (np.uint64(i) + np.uint64(1)) * np.uint64(GAMMA))
