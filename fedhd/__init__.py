@@ -10,6 +10,7 @@ from .aggregate import Aggregator
 from .api import Codec, as_vector, decode, encode, methods
 from .arrays import Spec, flatten, unflatten
 from .errors import DecodeError
+from .rng import derive_seed
 from .wire import Header, read_header
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Spec",
     "as_vector",
     "decode",
+    "derive_seed",
     "encode",
     "flatten",
     "header",

@@ -98,3 +98,12 @@ def mix64_nb(z):  # pragma: no cover - compiled
 @njit(inline="always", cache=True)
 def splitmix_nb(state, i):  # pragma: no cover - compiled
     return mix64_nb(state + (np.uint64(i) + np.uint64(1)) * np.uint64(GAMMA))
+
+
+def derive_seed(base: int, *keys: int) -> int:
+    """A 64-bit seed derived from ``base`` and integer keys (e.g. round, client id):
+    ``splitmix`` chained over the keys. Use it to give each client its own dither seed."""
+    s = np.uint64(check_seed(base, "base"))
+    for k in keys:
+        s = splitmix(s, np.uint64(int(k) & MASK64))
+    return int(s)
