@@ -44,8 +44,9 @@ class Spec:
 def flatten(arrays: Mapping[str, Any] | Sequence[Any]) -> tuple[np.ndarray, Spec]:
     """Concatenate the float arrays into one float32 vector; keep the rest exactly."""
     if isinstance(arrays, Mapping):
-        keys: list[str] | None = list(arrays.keys())
-        values = [_to_numpy(arrays[k]) for k in keys]
+        names = [str(k) for k in arrays]
+        keys: list[str] | None = names
+        values = [_to_numpy(arrays[k]) for k in names]
     else:
         keys = None
         values = [_to_numpy(a) for a in arrays]
@@ -77,4 +78,4 @@ def unflatten(vec: np.ndarray, spec: Spec) -> dict[str, np.ndarray] | list[np.nd
             out.append(spec.extras[i].copy())
     if spec.keys is None:
         return out
-    return dict(zip(spec.keys, out))
+    return dict(zip(spec.keys, out, strict=True))

@@ -20,15 +20,22 @@ encoder's scale correction (``fedhd.methods.hd_dither``) removes that shrinkage 
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from scipy.special import ndtr, ndtri
 
 SIGMA = float(np.sqrt(3.0))
-#: Clip point c per bit width, chosen by ``python -m fedhd bench tune`` to minimize the
-#: worst-case vNMSE over the test input family (README, "hd-dither").
-CLIP = {1: 1.60, 2: 2.30, 3: 2.90, 4: 3.40, 5: 3.90, 6: 4.30, 7: 4.70, 8: 5.10}
+#: Clip point c per bit width, chosen by scanning the worst-case vNMSE over the input
+#: family (``python -m fedhd bench figures``). The scale correction makes a tight clip
+#: cheap, so c is well below the clip of an uncorrected grid.
+CLIP = {1: 1.00, 2: 1.80, 3: 2.30, 4: 2.80, 5: 3.20, 6: 3.60, 7: 3.90, 8: 4.20}
+#: Compander spread per bit width: sqrt(3) is the f^(1/3) law; at 1 bit a flatter (more
+#: uniform) grid has less error.
+SPREAD = {b: SIGMA for b in CLIP}
+#: Weight lambda of the clip-bias scale correction, kappa' = 1 + lambda (kappa - 1): full
+#: correction costs kappa^2 in dither noise, too much at 1 bit (README, "bias").
+KAPPA_WEIGHT = {b: 0.9 if b == 1 else 1.0 for b in CLIP}
 _QUAD = 4096  # midpoint nodes for the mean of delta* over u
 
 
@@ -39,11 +46,12 @@ def _phi(z: np.ndarray) -> np.ndarray:
 class DitheredGrid:
     """Thresholds and reconstruction tables of one bit width."""
 
-    def __init__(self, bits: int, clip: float | None = None, sigma: float = SIGMA):
+    def __init__(self, bits: int, clip: float | None = None, sigma: float | None = None):
         self.bits = bits
         self.levels = 1 << bits
         self.clip = CLIP[bits] if clip is None else clip
-        self.sigma = sigma
+        self.sigma = SPREAD[bits] if sigma is None else sigma
+        sigma = self.sigma
         self._pa = float(ndtr(-self.clip / sigma))
         self._dp = (float(ndtr(self.clip / sigma)) - self._pa) / (self.levels - 1)
         mid = (np.arange(_QUAD) + 0.5) / _QUAD
@@ -82,6 +90,6 @@ class DitheredGrid:
         return A + delta[:, None]
 
 
-@lru_cache(maxsize=None)
+@cache
 def grid(bits: int) -> DitheredGrid:
     return DitheredGrid(bits)

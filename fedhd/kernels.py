@@ -18,7 +18,7 @@ from .rng import splitmix_nb
 
 
 @njit(inline="always", cache=True)
-def fwht(a):  # pragma: no cover - compiled
+def fwht(a):
     """In-place unnormalized FWHT of a float32 array of power-of-2 length >= 8.
 
     A radix-8 pass, then radix-4 passes over contiguous views (which LLVM vectorizes).
@@ -79,7 +79,7 @@ def fwht(a):  # pragma: no cover - compiled
 
 
 @njit(inline="always", cache=True)
-def load_signed(x, start, real, key, buf):  # pragma: no cover - compiled
+def load_signed(x, start, real, key, buf):
     """buf[i] = sign_i * x[start + i] for i < real, 0 beyond (padding)."""
     n = buf.shape[0]
     for w in range((n + 63) // 64):
@@ -98,7 +98,7 @@ def load_signed(x, start, real, key, buf):  # pragma: no cover - compiled
 
 
 @njit(inline="always", cache=True)
-def store_signed(buf, start, real, key, out):  # pragma: no cover - compiled
+def store_signed(buf, start, real, key, out):
     """out[start + i] = sign_i * buf[i] for i < real (drops padding)."""
     n = buf.shape[0]
     for w in range((n + 63) // 64):
@@ -115,7 +115,7 @@ def store_signed(buf, start, real, key, out):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
-def chunk_sumsq(x, starts, sizes, d):  # pragma: no cover - compiled
+def chunk_sumsq(x, starts, sizes, d):
     """Sum of squares (float64) of the real coordinates of each chunk."""
     C = starts.shape[0]
     out = np.empty(C, np.float64)
@@ -129,7 +129,7 @@ def chunk_sumsq(x, starts, sizes, d):  # pragma: no cover - compiled
 
 
 @njit(inline="always", cache=True)
-def quantize_pack(buf, thr, bits, out, off):  # pragma: no cover - compiled
+def quantize_pack(buf, thr, bits, out, off):
     """Code_i = #{m : thr[m] < buf[i]} (thr sorted, 2**bits - 1 used), packed at out[off:]."""
     n = buf.shape[0]
     L = 1 << bits
@@ -153,7 +153,7 @@ def quantize_pack(buf, thr, bits, out, off):  # pragma: no cover - compiled
 
 
 @njit(inline="always", cache=True)
-def pack_codes(codes, bits, out, off):  # pragma: no cover - compiled
+def pack_codes(codes, bits, out, off):
     """Pack b-bit codes (n a multiple of 8) LSB-first into out[off : off + n*b/8]."""
     n = codes.shape[0]
     if 8 % bits == 0:
@@ -174,7 +174,7 @@ def pack_codes(codes, bits, out, off):  # pragma: no cover - compiled
 
 
 @njit(inline="always", cache=True)
-def unpack_lookup(codes, off, table, bits, buf, weight, accumulate):  # pragma: no cover
+def unpack_lookup(codes, off, table, bits, buf, weight, accumulate):
     """buf[i] (+)= weight * table[code_i] for the chunk's packed codes."""
     n = buf.shape[0]
     mask = np.uint64((1 << bits) - 1)
@@ -193,7 +193,7 @@ def unpack_lookup(codes, off, table, bits, buf, weight, accumulate):  # pragma: 
 
 
 @njit(parallel=True, cache=True)
-def rotate_quantize(x, d, starts, sizes, keys, thr, bits, out, code_off, clip_s):  # pragma: no cover
+def rotate_quantize(x, d, starts, sizes, keys, thr, bits, out, code_off, clip_s):
     """Encode: signs -> FWHT -> per-chunk thresholds -> packed b-bit codes, per chunk.
 
     Returns sum_i y'_i * clamp(y'_i, -clip_s[c], clip_s[c]) per chunk (float64), the
@@ -218,7 +218,7 @@ def rotate_quantize(x, d, starts, sizes, keys, thr, bits, out, code_off, clip_s)
 
 
 @njit(parallel=True, cache=True)
-def lookup_rotated(codes, starts, sizes, tables, bits, code_off, weight, acc):  # pragma: no cover
+def lookup_rotated(codes, starts, sizes, tables, bits, code_off, weight, acc):
     """Decode-before-sum: acc[chunk] += weight * table_c[code] in the rotated domain."""
     for c in prange(starts.shape[0]):
         n = sizes[c]
@@ -227,7 +227,7 @@ def lookup_rotated(codes, starts, sizes, tables, bits, code_off, weight, acc):  
 
 
 @njit(parallel=True, cache=True)
-def unrotate(acc, d, starts, sizes, keys, out):  # pragma: no cover
+def unrotate(acc, d, starts, sizes, keys, out):
     """Decode-after-sum: out = D H acc per chunk (acc is overwritten)."""
     for c in prange(starts.shape[0]):
         n = sizes[c]
@@ -237,7 +237,7 @@ def unrotate(acc, d, starts, sizes, keys, out):  # pragma: no cover
 
 
 @njit(parallel=True, cache=True)
-def dequantize_unrotate(codes, d, starts, sizes, keys, tables, bits, code_off, out):  # pragma: no cover
+def dequantize_unrotate(codes, d, starts, sizes, keys, tables, bits, code_off, out):
     """Decode one blob: table lookup -> FWHT -> signs, per chunk, into out[:d]."""
     for c in prange(starts.shape[0]):
         n = sizes[c]
@@ -248,7 +248,7 @@ def dequantize_unrotate(codes, d, starts, sizes, keys, tables, bits, code_off, o
 
 
 @njit(parallel=True, cache=True)
-def rotate(x, d, starts, sizes, keys, out):  # pragma: no cover - compiled
+def rotate(x, d, starts, sizes, keys, out):
     """out[padded] = H D x per chunk (unnormalized), for methods that quantize in numpy."""
     for c in prange(starts.shape[0]):
         n = sizes[c]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numpy.typing import ArrayLike
 
 GAMMA = 0x9E3779B97F4A7C15
 MUL1 = 0xBF58476D1CE4E5B9
@@ -30,21 +31,21 @@ MASK64 = (1 << 64) - 1
 _U = np.uint64
 
 
-def mix64(z: np.ndarray) -> np.ndarray:
+def mix64(z: ArrayLike) -> np.ndarray:
     """SplitMix64 finalizer on a uint64 array (wrapping arithmetic)."""
-    z = np.asarray(z, dtype=np.uint64)
+    v = np.asarray(z, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        z = (z ^ (z >> _U(30))) * _U(MUL1)
-        z = (z ^ (z >> _U(27))) * _U(MUL2)
-    return z ^ (z >> _U(31))
+        v = (v ^ (v >> _U(30))) * _U(MUL1)
+        v = (v ^ (v >> _U(27))) * _U(MUL2)
+    return v ^ (v >> _U(31))
 
 
-def splitmix(state: np.ndarray | int, i: np.ndarray | int) -> np.ndarray:
+def splitmix(state: ArrayLike, i: ArrayLike) -> np.ndarray:
     """The i-th output (0-based) of SplitMix64 started at ``state``."""
-    state = np.asarray(state, dtype=np.uint64)
-    i = np.asarray(i, dtype=np.uint64)
+    s = np.asarray(state, dtype=np.uint64)
+    k = np.asarray(i, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        return mix64(state + (i + _U(1)) * _U(GAMMA))
+        return mix64(s + (k + _U(1)) * _U(GAMMA))
 
 
 def check_seed(seed: int, name: str = "seed") -> int:
@@ -89,21 +90,21 @@ def signs(key: int, n: int) -> np.ndarray:
 
 
 @njit(inline="always", cache=True)
-def mix64_nb(z):  # pragma: no cover - compiled
+def mix64_nb(z):
     z = (z ^ (z >> np.uint64(30))) * np.uint64(MUL1)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(MUL2)
     return z ^ (z >> np.uint64(31))
 
 
 @njit(inline="always", cache=True)
-def splitmix_nb(state, i):  # pragma: no cover - compiled
+def splitmix_nb(state, i):
     return mix64_nb(state + (np.uint64(i) + np.uint64(1)) * np.uint64(GAMMA))
 
 
 def derive_seed(base: int, *keys: int) -> int:
     """A 64-bit seed derived from ``base`` and integer keys (e.g. round, client id):
     ``splitmix`` chained over the keys. Use it to give each client its own dither seed."""
-    s = np.uint64(check_seed(base, "base"))
+    s = np.asarray(check_seed(base, "base"), dtype=np.uint64)
     for k in keys:
-        s = splitmix(s, np.uint64(int(k) & MASK64))
+        s = splitmix(s, int(k) & MASK64)
     return int(s)

@@ -80,7 +80,7 @@ def as_bytes(blob: object) -> memoryview:
             import numpy as np
 
             if isinstance(blob, np.ndarray) and blob.dtype == np.uint8 and blob.ndim == 1:
-                mv = memoryview(np.ascontiguousarray(blob))
+                mv = memoryview(np.ascontiguousarray(blob).tobytes())
             else:
                 raise TypeError
         except TypeError:
@@ -93,14 +93,18 @@ def as_bytes(blob: object) -> memoryview:
 def read_header(blob: memoryview) -> Header:
     """Parse and range-check the common header (not the payload length, not the CRC)."""
     if len(blob) < HEADER_BYTES:
-        raise DecodeError(f"blob of {len(blob)} bytes is shorter than the {HEADER_BYTES}-byte header")
+        raise DecodeError(
+            f"blob of {len(blob)} bytes is shorter than the {HEADER_BYTES}-byte header"
+        )
     magic, version, method_id, bits_x16, log2_chunk, d, seed, dseed, _ = _HEADER.unpack_from(blob)
     if magic != MAGIC:
         raise DecodeError(f"bad magic {magic!r}: not a fedhd blob")
     if version != VERSION:
         raise DecodeError(f"unsupported format version {version} (this fedhd reads {VERSION})")
     if not MIN_LOG2_CHUNK <= log2_chunk <= MAX_LOG2_CHUNK:
-        raise DecodeError(f"chunk exponent {log2_chunk} outside [{MIN_LOG2_CHUNK}, {MAX_LOG2_CHUNK}]")
+        raise DecodeError(
+            f"chunk exponent {log2_chunk} outside [{MIN_LOG2_CHUNK}, {MAX_LOG2_CHUNK}]"
+        )
     if not 1 <= d <= MAX_D:
         raise DecodeError(f"vector length {d} outside [1, {MAX_D}]")
     return Header(method_id, bits_x16 / 16, log2_chunk, d, seed, dseed)

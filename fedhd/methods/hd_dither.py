@@ -14,7 +14,7 @@ import numpy as np
 from .. import kernels as K
 from .. import rng
 from ..errors import DecodeError
-from ..grid import grid
+from ..grid import KAPPA_WEIGHT, grid
 from ..layout import Layout
 from ..wire import Header
 from .base import Method, finite_chunk_sumsq
@@ -45,6 +45,7 @@ class HDDither(Method):
         )
         nss = layout.sizes * s.astype(np.float64) ** 2  # ||y'||^2 = n ||x_c||^2
         kappa = np.where(sum_yc > 0, nss / np.where(sum_yc > 0, sum_yc, 1.0), 1.0)
+        kappa = 1.0 + KAPPA_WEIGHT[b] * (kappa - 1.0)
         out[: 4 * C] = (s * kappa).astype("<f4").view(np.uint8)
         return out
 
