@@ -11,10 +11,47 @@ groups of 8 consecutive b-bit codes fill b bytes, code q of a group at bits
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .rng import splitmix_nb
+
+#: Below this many coordinates a call runs on the calling thread: starting threads would
+#: cost more than it saves (and Flower simulations already run clients in parallel).
+PARALLEL_MIN = 1 << 18
+_threads = max(1, int(os.environ.get("FEDHD_THREADS", min(os.cpu_count() or 1, 8))))
+_pool: ThreadPoolExecutor | None = None
+
+
+def set_threads(n: int) -> None:
+    """Threads used for one large encode/decode (default: FEDHD_THREADS or the cores, <= 8)."""
+    global _threads, _pool
+    _threads = max(1, int(n))
+    _pool = None
+
+
+def over_chunks(kernel: Any, sizes: np.ndarray, *args: Any) -> None:
+    """Run ``kernel(c0, c1, *args)`` over all chunks; large vectors are split into
+    contiguous chunk ranges of about equal length, one per thread (kernels release the GIL).
+    """
+    global _pool
+    C = sizes.shape[0]
+    total = int(sizes.sum())
+    if _threads == 1 or C < 2 or total < PARALLEL_MIN:
+        kernel(0, C, *args)
+        return
+    cuts = np.searchsorted(np.cumsum(sizes), total * np.arange(1, _threads) / _threads) + 1
+    bounds = np.unique(np.concatenate(([0], np.minimum(cuts, C), [C])))
+    if _pool is None:
+        _pool = ThreadPoolExecutor(_threads, thread_name_prefix="fedhd")
+    futures = [_pool.submit(kernel, int(a), int(b), *args)
+               for a, b in zip(bounds[:-1], bounds[1:])]
+    for f in futures:
+        f.result()
 
 
 @njit(inline="always", cache=True)
@@ -114,17 +151,20 @@ def store_signed(buf, start, real, key, out):
             out[start + i] = v
 
 
-@njit(parallel=True, cache=True)
-def chunk_sumsq(x, starts, sizes, d):
-    """Sum of squares (float64) of the real coordinates of each chunk."""
-    C = starts.shape[0]
-    out = np.empty(C, np.float64)
-    for c in prange(C):
+@njit(nogil=True, cache=True)
+def _chunk_sumsq(c0, c1, x, starts, sizes, d, out):
+    for c in range(c0, c1):
         s = 0.0
         for i in range(starts[c], min(starts[c] + sizes[c], d)):
             v = np.float64(x[i])
             s += v * v
         out[c] = s
+
+
+def chunk_sumsq(x, starts, sizes, d):
+    """Sum of squares (float64) of the real coordinates of each chunk."""
+    out = np.empty(starts.shape[0], np.float64)
+    over_chunks(_chunk_sumsq, sizes, x, starts, sizes, d, out)
     return out
 
 
@@ -192,16 +232,10 @@ def unpack_lookup(codes, off, table, bits, buf, weight, accumulate):
                 buf[g * 8 + q] = v
 
 
-@njit(parallel=True, cache=True)
-def rotate_quantize(x, d, starts, sizes, keys, thr, bits, out, code_off, clip_s):
-    """Encode: signs -> FWHT -> per-chunk thresholds -> packed b-bit codes, per chunk.
-
-    Returns sum_i y'_i * clamp(y'_i, -clip_s[c], clip_s[c]) per chunk (float64), the
-    expected inner product <y', decoded y'> used for the clip-bias scale correction.
-    """
-    C = starts.shape[0]
-    corr = np.empty(C, np.float64)
-    for c in prange(C):
+@njit(nogil=True, cache=True)
+def _rotate_quantize(c0, c1, x, d, starts, sizes, keys, thr, bits, out, code_off, clip_s,
+                     corr):
+    for c in range(c0, c1):
         n = sizes[c]
         buf = np.empty(n, np.float32)
         real = min(n, d - starts[c])
@@ -214,32 +248,51 @@ def rotate_quantize(x, d, starts, sizes, keys, thr, bits, out, code_off, clip_s)
             acc += np.float64(v) * np.float64(min(max(v, -cs), cs))
         corr[c] = acc
         quantize_pack(buf, thr[c], bits, out, code_off[c])
+
+
+def rotate_quantize(x, d, starts, sizes, keys, thr, bits, out, code_off, clip_s):
+    """Encode: signs -> FWHT -> per-chunk thresholds -> packed b-bit codes, per chunk.
+
+    Returns sum_i y'_i * clamp(y'_i, -clip_s[c], clip_s[c]) per chunk (float64), the
+    expected inner product <y', decoded y'> used for the clip-bias scale correction.
+    """
+    corr = np.empty(starts.shape[0], np.float64)
+    over_chunks(_rotate_quantize, sizes, x, d, starts, sizes, keys, thr, bits, out,
+                code_off, clip_s, corr)
     return corr
 
 
-@njit(parallel=True, cache=True)
-def lookup_rotated(codes, starts, sizes, tables, bits, code_off, weight, acc):
-    """Decode-before-sum: acc[chunk] += weight * table_c[code] in the rotated domain."""
-    for c in prange(starts.shape[0]):
+@njit(nogil=True, cache=True)
+def _lookup_rotated(c0, c1, codes, starts, sizes, tables, bits, code_off, weight, acc):
+    for c in range(c0, c1):
         n = sizes[c]
         unpack_lookup(codes, code_off[c], tables[c], bits,
                       acc[starts[c]:starts[c] + n], weight, True)
 
 
-@njit(parallel=True, cache=True)
-def unrotate(acc, d, starts, sizes, keys, out):
-    """Decode-after-sum: out = D H acc per chunk (acc is overwritten)."""
-    for c in prange(starts.shape[0]):
+def lookup_rotated(codes, starts, sizes, tables, bits, code_off, weight, acc):
+    """Decode-before-sum: acc[chunk] += weight * table_c[code] in the rotated domain."""
+    over_chunks(_lookup_rotated, sizes, codes, starts, sizes, tables, bits, code_off,
+                weight, acc)
+
+
+@njit(nogil=True, cache=True)
+def _unrotate(c0, c1, acc, d, starts, sizes, keys, out):
+    for c in range(c0, c1):
         n = sizes[c]
         buf = acc[starts[c]:starts[c] + n]
         fwht(buf)
         store_signed(buf, starts[c], min(n, d - starts[c]), keys[c], out)
 
 
-@njit(parallel=True, cache=True)
-def dequantize_unrotate(codes, d, starts, sizes, keys, tables, bits, code_off, out):
-    """Decode one blob: table lookup -> FWHT -> signs, per chunk, into out[:d]."""
-    for c in prange(starts.shape[0]):
+def unrotate(acc, d, starts, sizes, keys, out):
+    """Decode-after-sum: out = D H acc per chunk (acc is overwritten)."""
+    over_chunks(_unrotate, sizes, acc, d, starts, sizes, keys, out)
+
+
+@njit(nogil=True, cache=True)
+def _dequantize_unrotate(c0, c1, codes, d, starts, sizes, keys, tables, bits, code_off, out):
+    for c in range(c0, c1):
         n = sizes[c]
         buf = np.empty(n, np.float32)
         unpack_lookup(codes, code_off[c], tables[c], bits, buf, np.float32(1.0), False)
@@ -247,10 +300,21 @@ def dequantize_unrotate(codes, d, starts, sizes, keys, tables, bits, code_off, o
         store_signed(buf, starts[c], min(n, d - starts[c]), keys[c], out)
 
 
-@njit(parallel=True, cache=True)
+def dequantize_unrotate(codes, d, starts, sizes, keys, tables, bits, code_off, out):
+    """Decode one blob: table lookup -> FWHT -> signs, per chunk, into out[:d]."""
+    over_chunks(_dequantize_unrotate, sizes, codes, d, starts, sizes, keys, tables, bits,
+                code_off, out)
+
+
+@njit(nogil=True, cache=True)
+def _rotate(c0, c1, x, d, starts, sizes, keys, out):
+    for c in range(c0, c1):
+        n = sizes[c]
+        seg = out[starts[c]:starts[c] + n]
+        load_signed(x, starts[c], min(n, d - starts[c]), keys[c], seg)
+        fwht(seg)
+
+
 def rotate(x, d, starts, sizes, keys, out):
     """out[padded] = H D x per chunk (unnormalized), for methods that quantize in numpy."""
-    for c in prange(starts.shape[0]):
-        n = sizes[c]
-        load_signed(x, starts[c], min(n, d - starts[c]), keys[c], out[starts[c]:starts[c] + n])
-        fwht(out[starts[c]:starts[c] + n])
+    over_chunks(_rotate, sizes, x, d, starts, sizes, keys, out)

@@ -1,0 +1,30 @@
+"""Flower integration of fedhd: compress an existing Flower app in two lines.
+
+>>> from strategies import CompressedFedAvg, compression_mod
+>>> app = ClientApp(mods=[compression_mod])                          # client side
+>>> strategy = CompressedFedAvg(method="hd-dither", bits=2, fraction_evaluate=0.5)
+
+``compression_mod`` encodes each train reply's update into one fedhd blob;
+``CompressedFedAvg`` (a ``flwr.serverapp.strategy.FedAvg``) sends the method, bits and
+round seed, and aggregates the blobs with decode-after-sum. ``CompressedStrategy`` does the
+same around FedAdam, FedAvgM, FedProx and the other mean-based Message-API strategies.
+Keys shared by both sides live in ``strategies.constants``.
+"""
+
+from . import constants
+from .constants import DEFAULT_METHOD
+from .core import RoundCompressor
+from .fedavg import CompressedFedAvg
+from .mod import compression_mod
+from .wire_size import message_wire_bytes
+from .wrapper import CompressedStrategy
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "CompressedFedAvg",
+    "CompressedStrategy",
+    "RoundCompressor",
+    "compression_mod",
+    "constants",
+    "message_wire_bytes",
+]

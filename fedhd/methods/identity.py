@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DecodeError
 from ..layout import Layout
 from ..wire import Header
 from .base import Method, finite_chunk_sumsq
@@ -25,7 +26,10 @@ class Identity(Method):
         return x.astype("<f4", copy=False).view(np.uint8)
 
     def decode_payload(self, payload, h, layout, out):
-        out[:] = np.frombuffer(payload, dtype="<f4")
+        values = np.frombuffer(payload, dtype="<f4")
+        if not np.isfinite(values).all():
+            raise DecodeError("identity payload holds NaN or Inf")
+        out[:] = values
 
 
 METHOD = Identity()

@@ -1,0 +1,112 @@
+"""``CompressedFedAvg``: FedAvg whose clients send fedhd-compressed updates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from logging import INFO
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from . import constants as C
+from .core import RoundCompressor
+
+
+class CompressedFedAvg(FedAvg):
+    """Federated Averaging with fedhd uplink compression (pair it with ``compression_mod``).
+
+    Each round, ``configure_train`` adds the method, the bits and the round's rotation seed
+    ``fedhd.derive_seed(seed, server_round)`` to the train config. Clients running
+    ``compression_mod`` reply with one blob holding their update. ``aggregate_train``
+    checks each reply against the round (method, bits, seed, length, CRC), weights it by
+    ``num-examples``, sums the dequantized chunks of all clients in the rotated domain and
+    runs ONE inverse Hadamard transform per chunk (decode-after-sum), then returns
+    global + weighted mean update. Uncompressed replies (clients without the mod) are
+    averaged in too. A reply that fails validation or decoding is dropped with a logged
+    reason; the round goes on with the others, as FedAvg does with error replies.
+
+    Parameters
+    ----------
+    method : str (default: ``strategies.constants.DEFAULT_METHOD``)
+        A name from ``fedhd.methods()``; ``"identity"`` sends raw float32 (a baseline that
+        must reproduce FedAvg).
+    bits : float, optional
+        Bits per coordinate; None takes the method's default. Each halving of the bits
+        roughly quadruples the variance the compression adds (see the fedhd README).
+    seed : int (default: 0)
+        Base seed of the shared rotations.
+    log2_chunk : int, optional
+        Hadamard chunk length 2**log2_chunk (fedhd's default when None).
+    wire_accounting : bool (default: True)
+        Add the per-round uplink byte counts and the compression ratio to the train
+        metrics (costs a hash of every reply).
+    exact : sequence of str (default: ())
+        fnmatch patterns of float array keys to send uncompressed and average as FedAvg
+        does. Use ``strategies.constants.BATCHNORM_STATS`` for models with BatchNorm: the
+        compression noise is spread evenly over a chunk, so a small running variance can
+        turn negative after a noisy round.
+    **fedavg_kwargs
+        Any ``flwr.serverapp.strategy.FedAvg`` argument (fraction_train,
+        fraction_evaluate, min_train_nodes, weighted_by_key, ...).
+
+    Per-round train metrics (in the MetricRecord ``aggregate_train`` returns, next to the
+    clients' own aggregated metrics): ``fedhd.uplink_bytes`` (mean wire bytes of one
+    train reply), ``fedhd.uplink_bytes_uncompressed`` (the same reply as plain FedAvg
+    sends it), ``fedhd.compression_ratio``, ``fedhd.uplink_bytes_total``,
+    ``fedhd.blob_bits_per_coordinate``, ``fedhd.accepted``, ``fedhd.compressed``,
+    ``fedhd.dropped`` and ``fedhd.error_replies``.
+    """
+
+    def __init__(
+        self,
+        method: str = C.DEFAULT_METHOD,
+        bits: float | None = None,
+        seed: int = C.DEFAULT_SEED,
+        *,
+        log2_chunk: int | None = None,
+        wire_accounting: bool = True,
+        exact: Sequence[str] = (),
+        **fedavg_kwargs: Any,
+    ) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.compressor = RoundCompressor(method, bits, seed, log2_chunk, wire_accounting, exact)
+
+    @property
+    def method(self) -> str:
+        return self.compressor.method
+
+    @property
+    def bits(self) -> float:
+        return self.compressor.bits
+
+    @property
+    def seed(self) -> int:
+        return self.compressor.seed
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        log(INFO, "\t├──> fedhd compression: method %s | bits %s | seed %d",
+            self.method, self.bits, self.seed)
+        super().summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's train messages, with the round's ``fedhd.*`` keys in their config."""
+        self.compressor.begin_round(server_round, arrays)
+        config = ConfigRecord({**config, **self.compressor.train_config(server_round)})
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """global + weighted mean update of the valid replies (decode-after-sum)."""
+        outcome = self.compressor.aggregate(
+            server_round, replies, self.weighted_by_key, self.train_metrics_aggr_fn
+        )
+        metrics = MetricRecord(dict(outcome.client_metrics or {}))
+        metrics.update(outcome.fedhd_metrics)
+        return outcome.arrays, metrics

@@ -1,0 +1,248 @@
+"""``compression_mod``: a Flower client mod that sends train replies as one fedhd blob.
+
+Add it to an existing ClientApp, unchanged otherwise::
+
+    from strategies import compression_mod
+    app = ClientApp(mods=[compression_mod])
+
+On a train message whose config carries the ``fedhd.*`` keys (see
+``strategies.constants``), the mod runs the app, takes the update (reply arrays minus the
+arrays the server sent), encodes every float array into ONE blob with the method, bits and
+round seed the server chose, and puts that blob in place of the float arrays. Non-float
+arrays (e.g. BatchNorm ``num_batches_tracked``), and float arrays whose keys match the
+server's ``fedhd.exact`` patterns, travel exactly as the app returned them.
+The reply stays valid for FedAvg-style strategies: the ArrayRecord keeps its record key,
+the MetricRecord is untouched, and a ConfigRecord ``fedhd`` records the float keys.
+
+Evaluate and query messages, and train messages without the ``fedhd.*`` keys, pass
+through unchanged. A precondition that fails (e.g. a reply with two ArrayRecords, arrays
+whose keys or shapes differ from the ones received, or a NaN update) gives a Flower error
+reply with ``ErrorCode.MOD_FAILED_PRECONDITION``, never an exception.
+
+Each client's dither seed is ``fedhd.derive_seed(round_seed, node_id)``: independent across
+clients, reproducible, and written in the blob header, so the server needs nothing else.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from logging import DEBUG, ERROR
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode, SType
+from flwr.supercore import log
+
+import fedhd
+
+from . import constants as C
+
+_MOD = "compression_mod"
+
+
+class PreconditionError(ValueError):
+    """A train message or its reply cannot be compressed as asked."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the server asked for in the train config."""
+
+    method: str
+    bits: float
+    seed: int
+    log2_chunk: int | None
+    exact: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> Settings:
+        """Read and validate the ``fedhd.*`` keys; PreconditionError when malformed."""
+        method = config.get(C.KEY_METHOD)
+        bits = config.get(C.KEY_BITS)
+        seed = config.get(C.KEY_SEED)
+        log2_chunk = config.get(C.KEY_LOG2_CHUNK)
+        exact = config.get(C.KEY_EXACT, [])
+        if not isinstance(method, str):
+            raise PreconditionError(f"'{C.KEY_METHOD}' must be a str, got {method!r}")
+        if method not in fedhd.methods():
+            raise PreconditionError(
+                f"method {method!r} is not available in this fedhd "
+                f"({fedhd.__version__}); known: {fedhd.methods()}"
+            )
+        if isinstance(bits, bool) or not isinstance(bits, (int, float)):
+            raise PreconditionError(f"'{C.KEY_BITS}' must be a number, got {bits!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise PreconditionError(f"'{C.KEY_SEED}' must be an int in [0, 2**64), got {seed!r}")
+        if log2_chunk is not None and (
+            isinstance(log2_chunk, bool) or not isinstance(log2_chunk, int)
+        ):
+            raise PreconditionError(f"'{C.KEY_LOG2_CHUNK}' must be an int, got {log2_chunk!r}")
+        if not isinstance(exact, list) or not all(isinstance(p, str) for p in exact):
+            raise PreconditionError(f"'{C.KEY_EXACT}' must be a list of str, got {exact!r}")
+        try:
+            codec = make_codec(method, float(bits), log2_chunk)
+        except (TypeError, ValueError) as e:
+            raise PreconditionError(str(e)) from None
+        return cls(method, codec.bits, seed, log2_chunk, tuple(str(p) for p in exact))
+
+
+def make_codec(method: str, bits: float | None, log2_chunk: int | None) -> fedhd.Codec:
+    """A fedhd Codec; ``log2_chunk=None`` keeps fedhd's default chunk size."""
+    if log2_chunk is None:
+        return fedhd.Codec(method, bits)
+    return fedhd.Codec(method, bits, log2_chunk)
+
+
+def is_train(msg: Message) -> bool:
+    """Whether ``msg`` is a train message (``train`` or ``train.<action>``)."""
+    message_type = msg.metadata.message_type
+    return message_type == "train" or message_type.startswith("train.")
+
+
+def find_settings_record(content: RecordDict) -> ConfigRecord | None:
+    """The ConfigRecord of ``content`` that carries the ``fedhd.*`` keys, if any."""
+    for record in content.config_records.values():
+        if C.KEY_METHOD in record:
+            return record
+    return None
+
+
+def is_exact(key: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a float array is sent exactly rather than compressed."""
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def dither_seed(round_seed: int, node_id: int) -> int:
+    """The dither seed of one client in one round."""
+    return fedhd.derive_seed(round_seed, node_id)
+
+
+def _error_reply(msg: Message, reason: str) -> Message:
+    log(ERROR, "%s: %s", _MOD, reason)
+    return Message(
+        Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=f"{_MOD}: {reason}"),
+        reply_to=msg,
+    )
+
+
+def _numpy(array: Array, key: str, where: str) -> np.ndarray:
+    if array.stype != SType.NUMPY:
+        raise PreconditionError(
+            f"array '{key}' of the {where} has stype {array.stype!r}; "
+            f"only {SType.NUMPY!r} arrays can be compressed"
+        )
+    return array.numpy()
+
+
+def compress_arrays(
+    received: ArrayRecord | dict[str, Array],
+    returned: ArrayRecord,
+    settings: Settings,
+    dither: int,
+) -> tuple[ArrayRecord, ConfigRecord] | None:
+    """The compressed ArrayRecord and its ``fedhd`` ConfigRecord for one reply.
+
+    ``received`` are the arrays the server sent, ``returned`` the ones the app replies
+    with; the update returned - received of every float array goes into one blob. Returns
+    None when there is no float array to compress. PreconditionError when the two do not
+    match or the update is not finite.
+    """
+    if set(returned.keys()) != set(received.keys()):
+        missing = sorted(set(received) - set(returned))
+        extra = sorted(set(returned) - set(received))
+        raise PreconditionError(
+            "the reply's arrays must have the keys of the arrays received "
+            f"(missing: {missing}, unexpected: {extra})"
+        )
+    if C.BLOB_KEY in returned:
+        raise PreconditionError(f"array key '{C.BLOB_KEY}' is reserved for the blob")
+    float_keys: list[str] = []
+    parts: list[np.ndarray] = []
+    kept: dict[str, Array] = {}
+    for key, array in returned.items():
+        new = _numpy(array, key, "reply")
+        old = _numpy(received[key], key, "message received")
+        if (new.dtype.kind == "f" or old.dtype.kind == "f") and not is_exact(
+                key, settings.exact):
+            if new.shape != old.shape:
+                raise PreconditionError(
+                    f"array '{key}' has shape {new.shape} in the reply and {old.shape} "
+                    "in the message received"
+                )
+            if new.dtype.kind != "f" or old.dtype.kind != "f":
+                raise PreconditionError(
+                    f"array '{key}' changed dtype from {old.dtype} to {new.dtype}"
+                )
+            diff = new.astype(np.float64, copy=False) - old.astype(np.float64, copy=False)
+            parts.append(diff.astype(np.float32).ravel())
+            float_keys.append(key)
+        else:
+            kept[key] = array  # non-float or an exact pattern: as the app returned it
+    if not parts:
+        return None
+    update = np.concatenate(parts)
+    codec = make_codec(settings.method, settings.bits, settings.log2_chunk)
+    try:
+        blob = codec.encode(update, seed=settings.seed, dither_seed=dither)
+    except ValueError as e:
+        raise PreconditionError(f"cannot encode the update: {e}") from None
+    arrays = ArrayRecord()
+    arrays[C.BLOB_KEY] = Array(
+        dtype=C.BLOB_DTYPE, shape=(len(blob),), stype=C.BLOB_STYPE, data=blob
+    )
+    for key, array in kept.items():
+        arrays[key] = array
+    meta = ConfigRecord({C.KEY_FORMAT: C.FORMAT_VERSION, C.KEY_FLOAT_KEYS: float_keys})
+    return arrays, meta
+
+
+def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower client mod: compress the update of every train reply into one fedhd blob.
+
+    See the module docstring. Use with ``CompressedFedAvg`` (or ``CompressedStrategy``)
+    on the server, which writes the ``fedhd.*`` train config keys this mod reads.
+    """
+    if not is_train(msg) or not msg.has_content():
+        return call_next(msg, context)
+    settings_record = find_settings_record(msg.content)
+    if settings_record is None:
+        return call_next(msg, context)
+    try:
+        settings = Settings.from_config(settings_record)
+    except PreconditionError as e:
+        return _error_reply(msg, str(e))
+    if len(msg.content.array_records) != 1:
+        return _error_reply(
+            msg, f"expects exactly one ArrayRecord in the train message, found "
+            f"{len(msg.content.array_records)}"
+        )
+    # Keep the Array objects received: the app may replace or mutate the records.
+    received = dict(next(iter(msg.content.array_records.values())).items())
+
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    if len(reply.content.array_records) != 1:
+        return _error_reply(
+            msg, f"expects exactly one ArrayRecord in the train reply, found "
+            f"{len(reply.content.array_records)}"
+        )
+    if C.REPLY_RECORD in reply.content:
+        return _error_reply(msg, f"record key '{C.REPLY_RECORD}' is reserved in the reply")
+    record_key, returned = next(iter(reply.content.array_records.items()))
+    try:
+        compressed = compress_arrays(
+            received, returned, settings, dither_seed(settings.seed, msg.metadata.dst_node_id)
+        )
+    except PreconditionError as e:
+        return _error_reply(msg, str(e))
+    if compressed is None:  # nothing to compress: the reply goes as it is
+        return reply
+    arrays, meta = compressed
+    reply.content[record_key] = arrays
+    reply.content[C.REPLY_RECORD] = meta
+    log(DEBUG, "%s: update sent as a %d-byte %s blob", _MOD, len(arrays[C.BLOB_KEY].data),
+        settings.method)
+    return reply
