@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,7 @@ def over_chunks(kernel: Any, sizes: np.ndarray, *args: Any) -> None:
     if _pool is None:
         _pool = ThreadPoolExecutor(_threads, thread_name_prefix="fedhd")
     futures = [_pool.submit(kernel, int(a), int(b), *args)
-               for a, b in zip(bounds[:-1], bounds[1:])]
+               for a, b in pairwise(bounds)]
     for f in futures:
         f.result()
 

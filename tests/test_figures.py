@@ -25,7 +25,7 @@ TARGET = {1: 1.30, 2: 1.12, 3: 1.06, 4: 1.06, 8: 1.06}
 def test_worst_case_vnmse_over_input_family(bits):
     worst = 0.0
     for d in (1000, 1024):
-        for name, x in input_family(d).items():
+        for x in input_family(d).values():
             v, _ = vnmse_and_bias(x, "hd-dither", bits, 200)
             worst = max(worst, v / c_b(bits))
     assert worst <= TARGET[bits]
