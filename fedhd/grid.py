@@ -29,7 +29,7 @@ SIGMA = float(np.sqrt(3.0))
 #: Clip point c per bit width, chosen by scanning the worst-case vNMSE over the input
 #: family (``python -m fedhd bench figures``). The scale correction makes a tight clip
 #: cheap, so c is well below the clip of an uncorrected grid.
-CLIP = {1: 1.00, 2: 1.80, 3: 2.30, 4: 2.80, 5: 3.20, 6: 3.60, 7: 3.90, 8: 4.20}
+CLIP = {1: 1.00, 2: 1.80, 3: 2.30, 4: 2.80, 5: 3.20, 6: 3.70, 7: 4.30, 8: 4.60}
 #: Compander spread per bit width: sqrt(3) is the f^(1/3) law; at 1 bit a flatter (more
 #: uniform) grid has less error.
 SPREAD = {b: SIGMA for b in CLIP}
