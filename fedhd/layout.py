@@ -11,7 +11,7 @@ multiple of 8 coordinates, so each chunk's b-bit codes start on a byte boundary.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -24,20 +24,43 @@ MAX_D = (1 << 31) - 1
 
 @dataclass(frozen=True)
 class Layout:
-    """Chunk starts and sizes (in coordinates) of a length-d vector; ``padded`` = sum of sizes."""
+    """The chunks of a length-d vector. ``chunks`` and ``padded`` (sum of the chunk sizes)
+    are arithmetic; the ``starts``/``sizes`` arrays are built on first use, so a decoder
+    can check a blob's length against a hostile header before allocating anything."""
 
     d: int
     log2_chunk: int
-    starts: np.ndarray  # int64, (C,)
-    sizes: np.ndarray  # int64, (C,), powers of two >= MIN_CHUNK
 
     @property
     def chunks(self) -> int:
-        return int(self.sizes.shape[0])
+        full = 1 << self.log2_chunk
+        rem = self.d % full
+        return self.d // full + bin(rem >> MIN_LOG2_CHUNK).count("1") + int(rem % MIN_CHUNK > 0)
 
     @property
     def padded(self) -> int:
-        return int(self.sizes.sum())
+        return -(-self.d // MIN_CHUNK) * MIN_CHUNK
+
+    @cached_property
+    def sizes(self) -> np.ndarray:
+        """Chunk lengths in coordinates (int64, powers of two >= MIN_CHUNK)."""
+        full = 1 << self.log2_chunk
+        rem = self.d % full
+        tail = [1 << k for k in range(self.log2_chunk - 1, MIN_LOG2_CHUNK - 1, -1)
+                if rem >> k & 1]
+        if rem % MIN_CHUNK:
+            tail.append(MIN_CHUNK)
+        sz = np.concatenate([np.full(self.d // full, full, np.int64),
+                             np.asarray(tail, np.int64)])
+        sz.setflags(write=False)
+        return sz
+
+    @cached_property
+    def starts(self) -> np.ndarray:
+        """First coordinate of each chunk (int64)."""
+        st = np.concatenate(([0], np.cumsum(self.sizes)[:-1])).astype(np.int64)
+        st.setflags(write=False)
+        return st
 
 
 @lru_cache(maxsize=64)
@@ -47,16 +70,4 @@ def make_layout(d: int, log2_chunk: int = DEFAULT_LOG2_CHUNK) -> Layout:
         raise ValueError(f"vector length must be in [1, {MAX_D}], got {d}")
     if not MIN_LOG2_CHUNK <= log2_chunk <= MAX_LOG2_CHUNK:
         raise ValueError(f"log2_chunk must be in [{MIN_LOG2_CHUNK}, {MAX_LOG2_CHUNK}]")
-    full = 1 << log2_chunk
-    sizes = [full] * (d // full)
-    rem = d % full
-    for k in range(log2_chunk - 1, MIN_LOG2_CHUNK - 1, -1):
-        if rem >> k & 1:
-            sizes.append(1 << k)
-    if rem % MIN_CHUNK:
-        sizes.append(MIN_CHUNK)
-    sz = np.asarray(sizes, dtype=np.int64)
-    starts = np.concatenate(([0], np.cumsum(sz)[:-1])).astype(np.int64)
-    for a in (sz, starts):
-        a.setflags(write=False)
-    return Layout(d, log2_chunk, starts, sz)
+    return Layout(d, log2_chunk)

@@ -11,7 +11,7 @@ offset   type   field
 7        u32    d, the vector length in coordinates
 11       u64    rotation seed (shared by all clients of a round)
 19       u64    dither seed (one per client)
-27       u32    CRC-32 of every byte of the blob after this field
+27       u32    CRC-32 of header bytes 0..26 followed by the payload
 =======  =====  ==============================================================
 
 The method's payload follows. Decoders check every field and the exact payload length
@@ -64,10 +64,15 @@ def write_header(buf: bytearray | memoryview, h: Header) -> None:
     )
 
 
+def _crc(blob: bytes | bytearray | memoryview) -> int:
+    """CRC-32 over the header fields before the CRC, then the payload."""
+    mv = memoryview(blob)
+    return zlib.crc32(mv[HEADER_BYTES:], zlib.crc32(mv[:_CRC_OFFSET]))
+
+
 def seal(buf: bytearray) -> bytes:
-    """Fill in the CRC-32 of the payload and return the finished blob."""
-    crc = zlib.crc32(memoryview(buf)[HEADER_BYTES:])
-    struct.pack_into("<I", buf, _CRC_OFFSET, crc)
+    """Fill in the CRC-32 (header fields and payload) and return the finished blob."""
+    struct.pack_into("<I", buf, _CRC_OFFSET, _crc(buf))
     return bytes(buf)
 
 
@@ -116,7 +121,6 @@ def check_payload(blob: memoryview, expected_len: int) -> memoryview:
         kind = "truncated" if len(blob) < expected_len else "extended"
         raise DecodeError(f"blob is {kind}: {len(blob)} bytes, header implies {expected_len}")
     (crc,) = struct.unpack_from("<I", blob, _CRC_OFFSET)
-    payload = blob[HEADER_BYTES:]
-    if zlib.crc32(payload) != crc:
+    if _crc(blob) != crc:
         raise DecodeError("CRC mismatch: the blob is corrupted")
-    return payload
+    return blob[HEADER_BYTES:]

@@ -27,7 +27,7 @@ reply, and the strategies average it correctly too.
 from __future__ import annotations
 
 #: The compression method used when none is given. Change it here, and only here.
-DEFAULT_METHOD = "hd-dither"
+DEFAULT_METHOD = "hd-dither-ec"
 #: Default base seed of a strategy; each round's rotation seed is derived from it.
 DEFAULT_SEED = 0
 

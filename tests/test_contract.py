@@ -86,7 +86,9 @@ def test_truncated_and_extended_blobs(method):
 def test_consistent_crc_but_lying_header(method):
     """Blobs whose CRC is valid but whose header lies about d or bits."""
     blob = bytearray(_blob(method))
-    lies = [(7, "<I", D * 1000), (7, "<I", 2**31 - 1), (7, "<I", D + 64), (4, "<H", 16 * 7)]
+    lies = [(7, "<I", D * 1000), (7, "<I", 2**31 - 1), (7, "<I", D + 64)]
+    if get(method).integer_bits:  # a budget (float bits) is only an upper bound
+        lies.append((4, "<H", 16 * 7))
     if get(method).rotated:  # a different chunk layout changes the payload size
         lies.append((6, "B", 6))
     for field, fmt, value in lies:

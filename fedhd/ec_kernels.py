@@ -1,0 +1,637 @@
+"""Numba kernels of "hd-dither-ec": dithered lattice quantization + a static-model rANS coder.
+
+Dithers. Coordinate i of chunk c has its own dither, a counter-based function of
+(dither seed, c, i): with ``key = stream_key(seed, stream, c)`` (``fedhd.rng``) and
+``w = splitmix(key, i // 2)``, the 32-bit word ``k = (w >> (32 * (i % 2))) & (2**32 - 1)``
+gives ``u_i = (k + 1/2) 2**-32`` (uniform on 2**32 midpoints of [0, 1)) and the model bin
+``b_i = k >> 27`` (the top 5 bits: ``u_i`` lies in [b_i / 32, (b_i + 1) / 32)).
+
+Quantizer. With the chunk's step ``delta`` and normalized rotated coordinates z (unit RMS):
+``q_i = floor(z_i / delta - u_i + 1/2)``, decoded as ``(q_i + u_i) delta``.
+
+Model. Symbols are coded under the law of q given the dither bin for a unit-variance z of law
+F (the chunk's model: 0 = N(0, 1), 1 = 0.9 N(0, 2/3) + 0.1 N(0, 4); ``_cdf``), truncated to
+``|q| <= K``, ``K = int(T / delta) + 2``. For bin b (centre u_b = (b + 1/2) / 32):
+
+- alphabet ``j = 0 .. 2K`` for ``q = j - K``, plus ``ESC = 2K + 1`` for any other q;
+- ``p_j = F((q + u_b + 1/2) delta) - F((q + u_b - 1/2) delta)``, ``p_ESC`` = the rest;
+- integer frequencies summing to ``M = 2**PREC``: ``f_j = 1 + round(p_j (M - A))``
+  (A symbols), the rounding's surplus or shortfall spread one count a symbol in index order
+  (``build_models``).
+
+The frequencies come from float64 ``erfc`` (libm): encoder and decoder must agree on them
+exactly, which they do on one platform; across platforms an ulp difference changes a
+frequency only if p (M - A) lies within ~1e-12 of an integer (~1e-9 a blob), and then the
+stream's end check turns it into a DecodeError, never into a wrong vector.
+
+An escaped q follows its ESC symbol as two uniform 16-bit halves (low, then high) of its
+32-bit zigzag code, on the same coder state.
+
+rANS (Duda; the "rans64" layout of F. Giesen), two interleaved states per chunk, coordinate i
+on state i % 2: each state x in [L, L * 2**32) with L = 2**31, 32-bit words. Encoding runs
+over the coordinates backwards and emits words towards lower addresses; the final states are
+stored at the front of the stream as four words (x0 low, x0 high, x1 low, x1 high), so the
+decoder reads words forwards. A well-formed stream ends exactly at its last word with both
+states back at L: the decoder checks both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from .kernels import fwht, load_signed, store_signed
+from .rng import splitmix_nb
+
+PREC = 16
+M = 1 << PREC
+LUT_BITS = 9
+LUT_SHIFT = PREC - LUT_BITS
+BIN_BITS = 5
+BINS = 1 << BIN_BITS
+T_MODEL = 6.5
+MODELS = 2  # the law of z the coder assumes, chosen per chunk (``_cdf``)
+MIX_INV_S1 = 1.224744871391589  # sqrt(3 / 2): 1 / the narrow component's standard deviation
+ANS_L = 1 << 31
+MIN_STEP = 2.0**-8
+MAX_STEP = 2.0**20
+
+# error codes of the decoder
+OK = 0
+ERR_STATE = 1  # initial state outside [L, L << 32)
+ERR_OVERRUN = 2  # the stream ran out of words
+ERR_ESCAPE = 3  # an escaped value that is out of range or not an escape
+ERR_END = 4  # words left over, or the final state is not L
+
+_U32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(inline="always", cache=True)
+def half_width(delta):  # pragma: no cover - compiled
+    """K: the model covers q in [-K, K]; any other q is escaped."""
+    return int(T_MODEL / delta) + 2
+
+
+@njit(inline="always", cache=True)
+def q_max(n, delta):  # pragma: no cover - compiled
+    """The largest |q| a chunk of n coordinates can produce (|z| <= sqrt(n))."""
+    return int(1.001 * math.sqrt(n) / delta) + 2
+
+
+@njit(inline="always", cache=True)
+def _phi(x):  # pragma: no cover - compiled
+    return 0.5 * math.erfc(-x * 0.7071067811865476)
+
+
+@njit(inline="always", cache=True)
+def _cdf(x, model):  # pragma: no cover - compiled
+    """CDF of the model's law of z: 0 = N(0, 1); 1 = the unit-variance scale mixture
+    0.9 N(0, 2/3) + 0.1 N(0, 4) (heavier tails: rotated sparse inputs with a few large
+    values cost less under it)."""
+    if model == 0:
+        return _phi(x)
+    return 0.9 * _phi(x * MIX_INV_S1) + 0.1 * _phi(x * 0.5)
+
+
+@njit(cache=True)
+def build_models(delta, K, model, freq, cum):  # pragma: no cover - compiled
+    """Flat tables of every dither bin b: freq[b * A + j] (each bin's row sums to M) and
+    cum[b * (A + 1) + j] (starts, with cum[b * (A + 1) + A] = M), A = 2K + 2.
+
+    f_j = 1 + round(p_j (M - A)); the few counts the rounding leaves over (or short) are
+    spread one by one over the symbols in index order (only symbols with f > 1 give)."""
+    A = 2 * K + 2
+    free = M - A
+    for b in range(BINS):
+        u = (b + 0.5) / BINS
+        row = b * A
+        prev = _cdf((u - 0.5 - K) * delta, model)
+        low_tail = prev
+        tot = 0
+        for j in range(2 * K + 1):
+            cur = _cdf((j - K + u + 0.5) * delta, model)
+            p = max(cur - prev, 0.0)
+            f = 1 + int(p * free + 0.5)
+            freq[row + j] = f
+            tot += f
+            prev = cur
+        p = max(low_tail + (1.0 - prev), 0.0)
+        f = 1 + int(p * free + 0.5)
+        freq[row + A - 1] = f
+        tot += f
+        rest = M - tot
+        while rest != 0:
+            for j in range(A):
+                if rest > 0:
+                    freq[row + j] += 1
+                    rest -= 1
+                elif rest < 0 and freq[row + j] > 1:
+                    freq[row + j] -= 1
+                    rest += 1
+                if rest == 0:
+                    break
+        crow = b * (A + 1)
+        cum[crow] = 0
+        for j in range(A):
+            cum[crow + j + 1] = cum[crow + j] + freq[row + j]
+
+
+@njit(cache=True)
+def build_luts(cum, A, lut):  # pragma: no cover - compiled
+    """lut[b << LUT_BITS | k] = the symbol of bin b whose range holds slot k << LUT_SHIFT."""
+    for b in range(BINS):
+        crow = b * (A + 1)
+        s = 0
+        for k in range(1 << LUT_BITS):
+            slot = k << LUT_SHIFT
+            while cum[crow + s + 1] <= slot:
+                s += 1
+            lut[(b << LUT_BITS) + k] = s
+
+
+@njit(cache=True)
+def dither_words(key, n, out):  # pragma: no cover - compiled
+    """out[i] = the 32-bit dither word of coordinate i < n (n even)."""
+    for p in range(n >> 1):
+        w = splitmix_nb(key, p)
+        out[2 * p] = np.uint32(w & _U32)
+        out[2 * p + 1] = np.uint32(w >> np.uint64(32))
+
+
+@njit(cache=True)
+def chunk_symbols(b, words, inv, K, out):  # pragma: no cover - compiled
+    """out[i] = bin_i * A + j_i, the flat model index of coordinate i, negated minus one for
+    an escape (j = ESC)."""
+    A = 2 * K + 2
+    top = 2 * K
+    for i in range(b.shape[0]):
+        k = words[i]
+        u = (np.float64(k) + 0.5) * 2.3283064365386963e-10
+        j = np.int64(math.floor(np.float64(b[i]) * inv + (0.5 - u))) + K
+        t = np.int64(k >> np.uint32(32 - BIN_BITS)) * A
+        if j < 0 or j > top:
+            out[i] = -(t + top + 1) - 1
+        else:
+            out[i] = t + j
+
+
+@njit(inline="always", cache=True)
+def quantize(v, inv, k):  # pragma: no cover - compiled
+    """q of a coordinate (as in ``chunk_symbols``), for escapes."""
+    u = (np.float64(k) + 0.5) * 2.3283064365386963e-10
+    return np.int64(math.floor(np.float64(v) * inv + (0.5 - u)))
+
+
+# -- per-chunk work ----------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _rotate_chunk(c, x, d, starts, sizes, keys, y):  # pragma: no cover - compiled
+    n = sizes[c]
+    b = y[starts[c]:starts[c] + n]
+    load_signed(x, starts[c], min(n, d - starts[c]), keys[c], b)
+    fwht(b)
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    a3 = 0.0
+    for i in range(0, n, 4):
+        v0 = np.float64(b[i])
+        v1 = np.float64(b[i + 1])
+        v2 = np.float64(b[i + 2])
+        v3 = np.float64(b[i + 3])
+        a0 += v0 * v0
+        a1 += v1 * v1
+        a2 += v2 * v2
+        a3 += v3 * v3
+    return (a0 + a1) + (a2 + a3)
+
+
+@njit(cache=True)
+def _models(delta, model):  # pragma: no cover - compiled
+    K = half_width(delta)
+    A = 2 * K + 2
+    freq = np.empty(BINS * A, np.int32)
+    cum = np.empty(BINS * (A + 1), np.int32)
+    build_models(delta, K, model, freq, cum)
+    return K, A, freq, cum
+
+
+@njit(cache=True)
+def _chunk_symbols(c, y, starts, sizes, scales, steps, dkeys, K, n):  # pragma: no cover
+    """Dither words, flat symbols and 1 / (s delta) of the first n coordinates of chunk c."""
+    words = np.empty(n, np.uint32)
+    dither_words(dkeys[c], n, words)
+    inv = 1.0 / (np.float64(scales[c]) * np.float64(steps[c]))
+    sym = np.empty(n, np.int32)
+    chunk_symbols(y[starts[c]:starts[c] + n], words, inv, K, sym)
+    return words, sym, inv
+
+
+@njit(cache=True)
+def _measure_chunk(c, y, starts, sizes, scales, steps, dkeys, shift, out):  # pragma: no cover
+    """out[m] = code length of chunk c under model m, estimated from its first n >> shift
+    coordinates (one histogram serves every model)."""
+    out[:] = 0.0
+    if scales[c] == 0:
+        return
+    delta = np.float64(steps[c])
+    K = half_width(delta)
+    _, sym, _ = _chunk_symbols(c, y, starts, sizes, scales, steps, dkeys, K,
+                               sizes[c] >> shift)
+    A = 2 * K + 2
+    hist = np.zeros(BINS * A, np.int64)
+    esc = 0
+    for i in range(sym.shape[0]):
+        t = sym[i]
+        if t < 0:
+            t = -t - 1
+            esc += 1
+        hist[t] += 1
+    for m in range(MODELS):
+        _, _, freq, _ = _models(delta, m)
+        acc = 32.0 * esc
+        for t in range(BINS * A):
+            if hist[t]:
+                acc += hist[t] * (PREC - math.log2(freq[t]))
+        out[m] = acc * (1 << shift)
+
+
+_HI = np.uint64((ANS_L >> PREC) << 32)  # push freq f: renormalize first if x >= _HI * f
+_L = np.uint64(ANS_L)
+_S16 = np.uint64(PREC)
+_S32 = np.uint64(32)
+_M16 = np.uint64(M - 1)
+
+
+# The coder loops are written out by hand: small helper functions returning tuples cost 4x
+# in numba's hot loops. Helpers serve only the rare escapes.
+
+
+@njit(cache=True)
+def _put_escape(x, q, buf, ptr):  # pragma: no cover - compiled
+    """Push the zigzag code of q as two uniform 16-bit symbols (high half first)."""
+    zz = np.uint64((q << 1) ^ (q >> 63)) & _U32
+    for v in (zz >> np.uint64(16), zz & np.uint64(0xFFFF)):
+        if x >= _HI:
+            ptr -= 1
+            buf[ptr] = np.uint32(x & _U32)
+            x >>= _S32
+        x = (x << _S16) + v
+    return x, ptr
+
+
+@intrinsic
+def _mulhi(typingctx, a, b):  # pragma: no cover - compiled
+    """High 64 bits of the 128-bit product of two uint64 (one MUL on x86-64)."""
+    sig = types.uint64(types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        i128 = ir.IntType(128)
+        p = builder.mul(builder.zext(args[0], i128), builder.zext(args[1], i128))
+        return builder.trunc(builder.lshr(p, ir.Constant(i128, 64)), ir.IntType(64))
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def _encoder_tables(freq, cum, A):  # pragma: no cover - compiled
+    """Per flat symbol: renormalization bound, reciprocal, shift, bias and M - f, so that a
+    push is x + bias + (mulhi(x, rcp) >> shift) (M - f) == (x // f) M + x % f + start
+    (F. Giesen's rans64, after Alverson: exact for x < 2**63)."""
+    T = freq.shape[0]
+    xmax = np.empty(T, np.uint64)
+    rcp = np.empty(T, np.uint64)
+    shf = np.empty(T, np.uint64)
+    bias = np.empty(T, np.uint64)
+    cmpl = np.empty(T, np.uint64)
+    for t in range(T):
+        f = np.int64(freq[t])
+        start = np.int64(cum[(t // A) * (A + 1) + t % A])
+        fu = np.uint64(f)
+        xmax[t] = _HI * fu
+        cmpl[t] = np.uint64(M - f)
+        if f < 2:
+            rcp[t] = np.uint64(0xFFFFFFFFFFFFFFFF)
+            shf[t] = np.uint64(0)
+            bias[t] = np.uint64(start + M - 1)
+        else:
+            shift = 0
+            while f > (1 << shift):
+                shift += 1
+            x1 = np.uint64(1) << np.uint64(shift + 31)
+            x0 = np.uint64(f - 1) + ((x1 % fu) << _S32)
+            rcp[t] = (x0 // fu) + ((x1 // fu) << _S32)
+            shf[t] = np.uint64(shift - 1)
+            bias[t] = np.uint64(start)
+    return xmax, rcp, shf, bias, cmpl
+
+
+@njit(cache=True)
+def _encode_chunk(c, y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off):
+    # pragma: no cover - compiled
+    if scales[c] == 0:
+        return 0
+    n = sizes[c]
+    K, A, freq, cum = _models(np.float64(steps[c]), models[c])
+    xmax, rcp, shf, bias, cmpl = _encoder_tables(freq, cum, A)
+    words, sym, inv = _chunk_symbols(c, y, starts, sizes, scales, steps, dkeys, K, n)
+    b = y[starts[c]:starts[c] + n]
+    end = cap_off[c + 1]
+    ptr = end
+    x0 = _L
+    x1 = _L
+    i = n - 2
+    while i >= 0:
+        t = sym[i + 1]
+        if t < 0:
+            t = -t - 1
+            x1, ptr = _put_escape(x1, quantize(b[i + 1], inv, words[i + 1]), scratch, ptr)
+        if x1 >= xmax[t]:
+            ptr -= 1
+            scratch[ptr] = np.uint32(x1 & _U32)
+            x1 >>= _S32
+        x1 = x1 + bias[t] + (_mulhi(x1, rcp[t]) >> shf[t]) * cmpl[t]
+        t = sym[i]
+        if t < 0:
+            t = -t - 1
+            x0, ptr = _put_escape(x0, quantize(b[i], inv, words[i]), scratch, ptr)
+        if x0 >= xmax[t]:
+            ptr -= 1
+            scratch[ptr] = np.uint32(x0 & _U32)
+            x0 >>= _S32
+        x0 = x0 + bias[t] + (_mulhi(x0, rcp[t]) >> shf[t]) * cmpl[t]
+        i -= 2
+    for x in (x1, x0):
+        ptr -= 1
+        scratch[ptr] = np.uint32(x >> _S32)
+        ptr -= 1
+        scratch[ptr] = np.uint32(x & _U32)
+    return end - ptr
+
+
+@njit(cache=True)
+def _get_escape(x, words, p, end, K, qmax):  # pragma: no cover - compiled
+    """Pop an escaped q (low half, then high half): returns (x, p, q, error code)."""
+    zz = np.uint64(0)
+    for h in range(2):
+        zz |= (x & _M16) << np.uint64(16 * h)
+        x >>= _S16
+        if x < _L:
+            if p >= end:
+                return x, p, np.int64(0), ERR_OVERRUN
+            x = (x << _S32) | np.uint64(words[p])
+            p += 1
+    q = np.int64(zz >> np.uint64(1)) ^ -np.int64(zz & np.uint64(1))
+    if -K <= q <= K or q > qmax or q < -qmax:
+        return x, p, q, ERR_ESCAPE
+    return x, p, q, OK
+
+
+@njit(cache=True)
+def _decode_stream(words, p, end, n, K, A, freq, cum, lut, qmax, dwords, scale, buf):
+    # pragma: no cover - compiled
+    """Decode one stream into buf[i] = (q_i + u_i) * scale; returns an error code."""
+    if end - p < 4:
+        return ERR_OVERRUN
+    x0 = np.uint64(words[p]) | (np.uint64(words[p + 1]) << _S32)
+    x1 = np.uint64(words[p + 2]) | (np.uint64(words[p + 3]) << _S32)
+    p += 4
+    top = _L << _S32
+    if x0 < _L or x0 >= top or x1 < _L or x1 >= top:
+        return ERR_STATE
+    esc = A - 1
+    A1 = A + 1
+    for i in range(0, n, 2):
+        # -- coordinate i, state x0
+        k = dwords[i]
+        r = np.int64(k >> np.uint32(32 - BIN_BITS))
+        slot = x0 & _M16
+        si = np.int64(slot)
+        s = lut[(r << LUT_BITS) + (si >> LUT_SHIFT)]
+        crow = r * A1
+        while cum[crow + s + 1] <= si:
+            s += 1
+        x0 = np.uint64(freq[r * A + s]) * (x0 >> _S16) + slot - np.uint64(cum[crow + s])
+        if x0 < _L:
+            if p >= end:
+                return ERR_OVERRUN
+            x0 = (x0 << _S32) | np.uint64(words[p])
+            p += 1
+        if s == esc:
+            x0, p, q, e = _get_escape(x0, words, p, end, K, qmax)
+            if e != OK:
+                return e
+        else:
+            q = s - K
+        buf[i] = np.float32((q + (np.float64(k) + 0.5) * 2.3283064365386963e-10) * scale)
+        # -- coordinate i + 1, state x1
+        k = dwords[i + 1]
+        r = np.int64(k >> np.uint32(32 - BIN_BITS))
+        slot = x1 & _M16
+        si = np.int64(slot)
+        s = lut[(r << LUT_BITS) + (si >> LUT_SHIFT)]
+        crow = r * A1
+        while cum[crow + s + 1] <= si:
+            s += 1
+        x1 = np.uint64(freq[r * A + s]) * (x1 >> _S16) + slot - np.uint64(cum[crow + s])
+        if x1 < _L:
+            if p >= end:
+                return ERR_OVERRUN
+            x1 = (x1 << _S32) | np.uint64(words[p])
+            p += 1
+        if s == esc:
+            x1, p, q, e = _get_escape(x1, words, p, end, K, qmax)
+            if e != OK:
+                return e
+        else:
+            q = s - K
+        buf[i + 1] = np.float32((q + (np.float64(k) + 0.5) * 2.3283064365386963e-10) * scale)
+    if p != end or x0 != _L or x1 != _L:
+        return ERR_END
+    return OK
+
+
+@njit(cache=True)
+def _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys,
+                  weight, mode, out):  # pragma: no cover - compiled
+    n = sizes[c]
+    st = starts[c]
+    s = np.float64(scales[c])
+    if s == 0.0:
+        hi = min(st + n, d) if mode == 0 else st + n
+        for i in range(st, hi):
+            out[i] = 0.0
+        return OK
+    delta = np.float64(steps[c])
+    K, A, freq, cum = _models(delta, models[c])
+    lut = np.empty(BINS << LUT_BITS, np.int16)
+    build_luts(cum, A, lut)
+    dwords = np.empty(n, np.uint32)
+    dither_words(dkeys[c], n, dwords)
+    scale = weight * s * delta / n
+    if mode == 0:
+        buf = np.empty(n, np.float32)
+    else:
+        buf = out[st:st + n]
+    e = _decode_stream(words, word_off[c], word_off[c + 1], n, K, A, freq, cum, lut,
+                       q_max(n, delta), dwords, scale, buf)
+    if mode == 0 and e == OK:
+        fwht(buf)
+        store_signed(buf, st, min(n, d - st), keys[c], out)
+    return e
+
+
+# -- drivers: a parallel and a serial loop over the chunks -------------------------------------
+# (a parallel region costs a thread wake-up, milliseconds on a loaded machine: one chunk runs
+# serially)
+
+
+@njit(parallel=True, cache=True)
+def _rotate_par(x, d, starts, sizes, keys, y):  # pragma: no cover - compiled
+    out = np.empty(starts.shape[0], np.float64)
+    for c in prange(starts.shape[0]):
+        out[c] = _rotate_chunk(c, x, d, starts, sizes, keys, y)
+    return out
+
+
+@njit(cache=True)
+def _rotate_ser(x, d, starts, sizes, keys, y):  # pragma: no cover - compiled
+    out = np.empty(starts.shape[0], np.float64)
+    for c in range(starts.shape[0]):
+        out[c] = _rotate_chunk(c, x, d, starts, sizes, keys, y)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _measure_par(y, starts, sizes, scales, steps, dkeys, shift):  # pragma: no cover
+    out = np.empty((starts.shape[0], MODELS), np.float64)
+    for c in prange(starts.shape[0]):
+        _measure_chunk(c, y, starts, sizes, scales, steps, dkeys, shift[c], out[c])
+    return out
+
+
+@njit(cache=True)
+def _measure_ser(y, starts, sizes, scales, steps, dkeys, shift):  # pragma: no cover
+    out = np.empty((starts.shape[0], MODELS), np.float64)
+    for c in range(starts.shape[0]):
+        _measure_chunk(c, y, starts, sizes, scales, steps, dkeys, shift[c], out[c])
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _encode_par(y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off, counts):
+    # pragma: no cover - compiled
+    for c in prange(starts.shape[0]):
+        counts[c] = _encode_chunk(c, y, starts, sizes, scales, steps, models, dkeys, scratch,
+                                  cap_off)
+
+
+@njit(cache=True)
+def _encode_ser(y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off, counts):
+    # pragma: no cover - compiled
+    for c in range(starts.shape[0]):
+        counts[c] = _encode_chunk(c, y, starts, sizes, scales, steps, models, dkeys, scratch,
+                                  cap_off)
+
+
+@njit(parallel=True, cache=True)
+def _decode_par(words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys, weight,
+                mode, out):  # pragma: no cover - compiled
+    err = np.empty(starts.shape[0], np.int64)
+    for c in prange(starts.shape[0]):
+        err[c] = _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps,
+                               models, dkeys, weight, mode, out)
+    return err
+
+
+@njit(cache=True)
+def _decode_ser(words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys, weight,
+                mode, out):  # pragma: no cover - compiled
+    err = np.empty(starts.shape[0], np.int64)
+    for c in range(starts.shape[0]):
+        err[c] = _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps,
+                               models, dkeys, weight, mode, out)
+    return err
+
+
+def _parallel(starts: np.ndarray) -> bool:
+    return starts.shape[0] > 1
+
+
+def rotate_norms(x, d, starts, sizes, keys, y):
+    """y = H D x per chunk (unnormalized, into the padded buffer y); ||y_c||^2 per chunk."""
+    f = _rotate_par if _parallel(starts) else _rotate_ser
+    return f(x, d, starts, sizes, keys, y)
+
+
+def measure(y, starts, sizes, scales, steps, dkeys, shift=None):
+    """Code length in bits of each chunk under each model (shape (C, MODELS)) with the
+    dithers of keys ``dkeys`` (escape payloads included, the coder's final states not);
+    zero-scale chunks cost nothing. ``shift[c]`` > 0 estimates chunk c from its first
+    sizes[c] >> shift[c] coordinates."""
+    if shift is None:
+        shift = np.zeros(starts.shape[0], np.int64)
+    f = _measure_par if _parallel(starts) else _measure_ser
+    return f(y, starts, sizes, scales, steps, dkeys, shift)
+
+
+def encode_chunks(y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off, counts):
+    """rANS-code each chunk (model ``models[c]``) into scratch[cap_off[c] : cap_off[c + 1]],
+    its stream ending at cap_off[c + 1]; counts[c] = the stream's length in words (0 for
+    zero-scale chunks). Two interleaved states: coordinate i goes to state i % 2."""
+    f = _encode_par if _parallel(starts) else _encode_ser
+    f(y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off, counts)
+
+
+def decode_chunks(words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys, weight,
+                  mode, out):
+    """Decode every chunk. mode 0: out[:d] = the decoded vector (inverse rotation included);
+    mode 1: out[padded] = weight * the decoded rotated chunks, scaled for ``unrotate``.
+    Returns the error code of each chunk."""
+    f = _decode_par if _parallel(starts) else _decode_ser
+    return f(words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys,
+             float(weight), int(mode), out)
+
+
+@njit(cache=True)
+def gather(scratch, cap_off, counts, out):  # pragma: no cover - compiled
+    """Concatenate the chunk streams (each at the end of its scratch region) into out."""
+    p = 0
+    for c in range(counts.shape[0]):
+        k = counts[c]
+        e = cap_off[c + 1]
+        out[p:p + k] = scratch[e - k:e]
+        p += k
+    return p
+
+
+@njit(cache=True)
+def entropy_table(log2_steps):  # pragma: no cover - compiled
+    """H(delta) = h(Z + N) - log2(delta) in bits: the ideal rate of dithered quantization of a
+    unit Gaussian Z (N uniform of width delta), by the trapezoid rule; c / delta beyond 64."""
+    out = np.empty(log2_steps.shape[0], np.float64)
+    big = -1.0
+    for k in range(log2_steps.shape[0]):
+        delta = 2.0 ** log2_steps[k]
+        if delta > 64.0 and big > 0:
+            out[k] = big / delta
+            continue
+        lo = -delta / 2 - 9.0
+        h = 0.01
+        m = int((delta + 18.0) / h) + 1
+        acc = 0.0
+        for i in range(m + 1):
+            w = lo + i * h
+            f = (_phi(w + delta / 2) - _phi(w - delta / 2)) / delta
+            if f > 0.0:
+                t = -f * math.log2(f)
+                acc += 0.5 * t if i == 0 or i == m else t
+        out[k] = acc * h - log2_steps[k]
+        if delta <= 64.0:
+            big = out[k] * delta
+    return out
