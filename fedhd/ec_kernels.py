@@ -41,10 +41,10 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
-from .kernels import fwht, load_signed, store_signed
+from .kernels import fwht, load_signed, over_chunks, store_signed
 from .rng import splitmix_nb
 
 PREC = 16
@@ -71,24 +71,24 @@ _U32 = np.uint64(0xFFFFFFFF)
 
 
 @njit(inline="always", cache=True)
-def half_width(delta):  # pragma: no cover - compiled
+def half_width(delta):
     """K: the model covers q in [-K, K]; any other q is escaped."""
     return int(T_MODEL / delta) + 2
 
 
 @njit(inline="always", cache=True)
-def q_max(n, delta):  # pragma: no cover - compiled
+def q_max(n, delta):
     """The largest |q| a chunk of n coordinates can produce (|z| <= sqrt(n))."""
     return int(1.001 * math.sqrt(n) / delta) + 2
 
 
 @njit(inline="always", cache=True)
-def _phi(x):  # pragma: no cover - compiled
+def _phi(x):
     return 0.5 * math.erfc(-x * 0.7071067811865476)
 
 
 @njit(inline="always", cache=True)
-def _cdf(x, model):  # pragma: no cover - compiled
+def _cdf(x, model):
     """CDF of the model's law of z: 0 = N(0, 1); 1 = the unit-variance scale mixture
     0.9 N(0, 2/3) + 0.1 N(0, 4) (heavier tails: rotated sparse inputs with a few large
     values cost less under it)."""
@@ -98,7 +98,7 @@ def _cdf(x, model):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def build_models(delta, K, model, freq, cum):  # pragma: no cover - compiled
+def build_models(delta, K, model, freq, cum):
     """Flat tables of every dither bin b: freq[b * A + j] (each bin's row sums to M) and
     cum[b * (A + 1) + j] (starts, with cum[b * (A + 1) + A] = M), A = 2K + 2.
 
@@ -141,7 +141,7 @@ def build_models(delta, K, model, freq, cum):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def build_luts(cum, A, lut):  # pragma: no cover - compiled
+def build_luts(cum, A, lut):
     """lut[b << LUT_BITS | k] = the symbol of bin b whose range holds slot k << LUT_SHIFT."""
     for b in range(BINS):
         crow = b * (A + 1)
@@ -154,7 +154,7 @@ def build_luts(cum, A, lut):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def dither_words(key, n, out):  # pragma: no cover - compiled
+def dither_words(key, n, out):
     """out[i] = the 32-bit dither word of coordinate i < n (n even)."""
     for p in range(n >> 1):
         w = splitmix_nb(key, p)
@@ -163,7 +163,7 @@ def dither_words(key, n, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def chunk_symbols(b, words, inv, K, out):  # pragma: no cover - compiled
+def chunk_symbols(b, words, inv, K, out):
     """out[i] = bin_i * A + j_i, the flat model index of coordinate i, negated minus one for
     an escape (j = ESC)."""
     A = 2 * K + 2
@@ -180,7 +180,7 @@ def chunk_symbols(b, words, inv, K, out):  # pragma: no cover - compiled
 
 
 @njit(inline="always", cache=True)
-def quantize(v, inv, k):  # pragma: no cover - compiled
+def quantize(v, inv, k):
     """q of a coordinate (as in ``chunk_symbols``), for escapes."""
     u = (np.float64(k) + 0.5) * 2.3283064365386963e-10
     return np.int64(math.floor(np.float64(v) * inv + (0.5 - u)))
@@ -190,7 +190,7 @@ def quantize(v, inv, k):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _rotate_chunk(c, x, d, starts, sizes, keys, y):  # pragma: no cover - compiled
+def _rotate_chunk(c, x, d, starts, sizes, keys, y):
     n = sizes[c]
     b = y[starts[c]:starts[c] + n]
     load_signed(x, starts[c], min(n, d - starts[c]), keys[c], b)
@@ -212,7 +212,7 @@ def _rotate_chunk(c, x, d, starts, sizes, keys, y):  # pragma: no cover - compil
 
 
 @njit(cache=True)
-def _models(delta, model):  # pragma: no cover - compiled
+def _models(delta, model):
     K = half_width(delta)
     A = 2 * K + 2
     freq = np.empty(BINS * A, np.int32)
@@ -222,7 +222,7 @@ def _models(delta, model):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _chunk_symbols(c, y, starts, sizes, scales, steps, dkeys, K, n):  # pragma: no cover
+def _chunk_symbols(c, y, starts, sizes, scales, steps, dkeys, K, n):
     """Dither words, flat symbols and 1 / (s delta) of the first n coordinates of chunk c."""
     words = np.empty(n, np.uint32)
     dither_words(dkeys[c], n, words)
@@ -233,7 +233,7 @@ def _chunk_symbols(c, y, starts, sizes, scales, steps, dkeys, K, n):  # pragma: 
 
 
 @njit(cache=True)
-def _measure_chunk(c, y, starts, sizes, scales, steps, dkeys, shift, out):  # pragma: no cover
+def _measure_chunk(c, y, starts, sizes, scales, steps, dkeys, shift, out):
     """out[m] = code length of chunk c under model m, estimated from its first n >> shift
     coordinates (one histogram serves every model)."""
     out[:] = 0.0
@@ -273,7 +273,7 @@ _M16 = np.uint64(M - 1)
 
 
 @njit(cache=True)
-def _put_escape(x, q, buf, ptr):  # pragma: no cover - compiled
+def _put_escape(x, q, buf, ptr):
     """Push the zigzag code of q as two uniform 16-bit symbols (high half first)."""
     zz = np.uint64((q << 1) ^ (q >> 63)) & _U32
     for v in (zz >> np.uint64(16), zz & np.uint64(0xFFFF)):
@@ -286,7 +286,7 @@ def _put_escape(x, q, buf, ptr):  # pragma: no cover - compiled
 
 
 @intrinsic
-def _mulhi(typingctx, a, b):  # pragma: no cover - compiled
+def _mulhi(typingctx, a, b):
     """High 64 bits of the 128-bit product of two uint64 (one MUL on x86-64)."""
     sig = types.uint64(types.uint64, types.uint64)
 
@@ -299,7 +299,7 @@ def _mulhi(typingctx, a, b):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _encoder_tables(freq, cum, A):  # pragma: no cover - compiled
+def _encoder_tables(freq, cum, A):
     """Per flat symbol: renormalization bound, reciprocal, shift, bias and M - f, so that a
     push is x + bias + (mulhi(x, rcp) >> shift) (M - f) == (x // f) M + x % f + start
     (F. Giesen's rans64, after Alverson: exact for x < 2**63)."""
@@ -333,7 +333,7 @@ def _encoder_tables(freq, cum, A):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def _encode_chunk(c, y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off):
-    # pragma: no cover - compiled
+
     if scales[c] == 0:
         return 0
     n = sizes[c]
@@ -375,7 +375,7 @@ def _encode_chunk(c, y, starts, sizes, scales, steps, models, dkeys, scratch, ca
 
 
 @njit(cache=True)
-def _get_escape(x, words, p, end, K, qmax):  # pragma: no cover - compiled
+def _get_escape(x, words, p, end, K, qmax):
     """Pop an escaped q (low half, then high half): returns (x, p, q, error code)."""
     zz = np.uint64(0)
     for h in range(2):
@@ -394,7 +394,7 @@ def _get_escape(x, words, p, end, K, qmax):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def _decode_stream(words, p, end, n, K, A, freq, cum, lut, qmax, dwords, scale, buf):
-    # pragma: no cover - compiled
+
     """Decode one stream into buf[i] = (q_i + u_i) * scale; returns an error code."""
     if end - p < 4:
         return ERR_OVERRUN
@@ -458,7 +458,7 @@ def _decode_stream(words, p, end, n, K, A, freq, cum, lut, qmax, dwords, scale, 
 
 @njit(cache=True)
 def _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys,
-                  weight, mode, out):  # pragma: no cover - compiled
+                  weight, mode, out):
     n = sizes[c]
     st = starts[c]
     s = np.float64(scales[c])
@@ -486,87 +486,42 @@ def _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps, mod
     return e
 
 
-# -- drivers: a parallel and a serial loop over the chunks -------------------------------------
-# (a parallel region costs a thread wake-up, milliseconds on a loaded machine: one chunk runs
-# serially)
+# -- drivers: chunk ranges, run on threads by ``kernels.over_chunks`` for large vectors -----
 
 
-@njit(parallel=True, cache=True)
-def _rotate_par(x, d, starts, sizes, keys, y):  # pragma: no cover - compiled
-    out = np.empty(starts.shape[0], np.float64)
-    for c in prange(starts.shape[0]):
+@njit(nogil=True, cache=True)
+def _rotate_range(c0, c1, x, d, starts, sizes, keys, y, out):
+    for c in range(c0, c1):
         out[c] = _rotate_chunk(c, x, d, starts, sizes, keys, y)
-    return out
 
 
-@njit(cache=True)
-def _rotate_ser(x, d, starts, sizes, keys, y):  # pragma: no cover - compiled
-    out = np.empty(starts.shape[0], np.float64)
-    for c in range(starts.shape[0]):
-        out[c] = _rotate_chunk(c, x, d, starts, sizes, keys, y)
-    return out
-
-
-@njit(parallel=True, cache=True)
-def _measure_par(y, starts, sizes, scales, steps, dkeys, shift):  # pragma: no cover
-    out = np.empty((starts.shape[0], MODELS), np.float64)
-    for c in prange(starts.shape[0]):
+@njit(nogil=True, cache=True)
+def _measure_range(c0, c1, y, starts, sizes, scales, steps, dkeys, shift, out):
+    for c in range(c0, c1):
         _measure_chunk(c, y, starts, sizes, scales, steps, dkeys, shift[c], out[c])
-    return out
 
 
-@njit(cache=True)
-def _measure_ser(y, starts, sizes, scales, steps, dkeys, shift):  # pragma: no cover
-    out = np.empty((starts.shape[0], MODELS), np.float64)
-    for c in range(starts.shape[0]):
-        _measure_chunk(c, y, starts, sizes, scales, steps, dkeys, shift[c], out[c])
-    return out
-
-
-@njit(parallel=True, cache=True)
-def _encode_par(y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off, counts):
-    # pragma: no cover - compiled
-    for c in prange(starts.shape[0]):
+@njit(nogil=True, cache=True)
+def _encode_range(c0, c1, y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off,
+                  counts):
+    for c in range(c0, c1):
         counts[c] = _encode_chunk(c, y, starts, sizes, scales, steps, models, dkeys, scratch,
                                   cap_off)
 
 
-@njit(cache=True)
-def _encode_ser(y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off, counts):
-    # pragma: no cover - compiled
-    for c in range(starts.shape[0]):
-        counts[c] = _encode_chunk(c, y, starts, sizes, scales, steps, models, dkeys, scratch,
-                                  cap_off)
-
-
-@njit(parallel=True, cache=True)
-def _decode_par(words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys, weight,
-                mode, out):  # pragma: no cover - compiled
-    err = np.empty(starts.shape[0], np.int64)
-    for c in prange(starts.shape[0]):
+@njit(nogil=True, cache=True)
+def _decode_range(c0, c1, words, word_off, d, starts, sizes, keys, scales, steps, models,
+                  dkeys, weight, mode, out, err):
+    for c in range(c0, c1):
         err[c] = _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps,
                                models, dkeys, weight, mode, out)
-    return err
-
-
-@njit(cache=True)
-def _decode_ser(words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys, weight,
-                mode, out):  # pragma: no cover - compiled
-    err = np.empty(starts.shape[0], np.int64)
-    for c in range(starts.shape[0]):
-        err[c] = _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps,
-                               models, dkeys, weight, mode, out)
-    return err
-
-
-def _parallel(starts: np.ndarray) -> bool:
-    return starts.shape[0] > 1
 
 
 def rotate_norms(x, d, starts, sizes, keys, y):
     """y = H D x per chunk (unnormalized, into the padded buffer y); ||y_c||^2 per chunk."""
-    f = _rotate_par if _parallel(starts) else _rotate_ser
-    return f(x, d, starts, sizes, keys, y)
+    out = np.empty(starts.shape[0], np.float64)
+    over_chunks(_rotate_range, sizes, x, d, starts, sizes, keys, y, out)
+    return out
 
 
 def measure(y, starts, sizes, scales, steps, dkeys, shift=None):
@@ -576,16 +531,17 @@ def measure(y, starts, sizes, scales, steps, dkeys, shift=None):
     sizes[c] >> shift[c] coordinates."""
     if shift is None:
         shift = np.zeros(starts.shape[0], np.int64)
-    f = _measure_par if _parallel(starts) else _measure_ser
-    return f(y, starts, sizes, scales, steps, dkeys, shift)
+    out = np.empty((starts.shape[0], MODELS), np.float64)
+    over_chunks(_measure_range, sizes, y, starts, sizes, scales, steps, dkeys, shift, out)
+    return out
 
 
 def encode_chunks(y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off, counts):
     """rANS-code each chunk (model ``models[c]``) into scratch[cap_off[c] : cap_off[c + 1]],
     its stream ending at cap_off[c + 1]; counts[c] = the stream's length in words (0 for
     zero-scale chunks). Two interleaved states: coordinate i goes to state i % 2."""
-    f = _encode_par if _parallel(starts) else _encode_ser
-    f(y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off, counts)
+    over_chunks(_encode_range, sizes, y, starts, sizes, scales, steps, models, dkeys, scratch,
+                cap_off, counts)
 
 
 def decode_chunks(words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys, weight,
@@ -593,13 +549,14 @@ def decode_chunks(words, word_off, d, starts, sizes, keys, scales, steps, models
     """Decode every chunk. mode 0: out[:d] = the decoded vector (inverse rotation included);
     mode 1: out[padded] = weight * the decoded rotated chunks, scaled for ``unrotate``.
     Returns the error code of each chunk."""
-    f = _decode_par if _parallel(starts) else _decode_ser
-    return f(words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys,
-             float(weight), int(mode), out)
+    err = np.empty(starts.shape[0], np.int64)
+    over_chunks(_decode_range, sizes, words, word_off, d, starts, sizes, keys, scales, steps,
+                models, dkeys, float(weight), int(mode), out, err)
+    return err
 
 
 @njit(cache=True)
-def gather(scratch, cap_off, counts, out):  # pragma: no cover - compiled
+def gather(scratch, cap_off, counts, out):
     """Concatenate the chunk streams (each at the end of its scratch region) into out."""
     p = 0
     for c in range(counts.shape[0]):
@@ -611,7 +568,7 @@ def gather(scratch, cap_off, counts, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def entropy_table(log2_steps):  # pragma: no cover - compiled
+def entropy_table(log2_steps):
     """H(delta) = h(Z + N) - log2(delta) in bits: the ideal rate of dithered quantization of a
     unit Gaussian Z (N uniform of width delta), by the trapezoid rule; c / delta beyond 64."""
     out = np.empty(log2_steps.shape[0], np.float64)
