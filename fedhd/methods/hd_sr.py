@@ -1,0 +1,91 @@
+"""hd-sr: randomized Hadamard rotation + stochastic rounding between the chunk's min and
+max (Suresh, Yu, Kumar, McMahan, "Distributed Mean Estimation with Limited
+Communication", ICML 2017, pi_srk), fixed rate b = 1..8 bits per coordinate.
+
+Per chunk, y' = H D x (shared rotation seed, ``rng.sign_keys``); the 2**b levels are
+spread uniformly from min(y') to max(y') and each y'_i is rounded stochastically to one of
+its two neighbouring levels, so E[y_hat'] = y' exactly and the decode is unbiased for
+every input and every rotation. The uniforms are ``rng.uniforms(dither_seed,
+STREAM_METHOD, padded)`` (``fedhd.peer_kernels``).
+
+Payload: per chunk lo and step (2 x float32; level j is lo + j * step), then the codes
+(padded * b / 8 bytes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels as K
+from .. import peer_kernels as PK
+from .. import rng
+from ..errors import DecodeError
+from ..layout import Layout
+from ..wire import Header
+from .base import Method, finite_chunk_sumsq
+from .qsgd import code_offsets, method_base_key, round_up_f32
+
+
+class HDSR(Method):
+    name = "hd-sr"
+    method_id = 5
+    rotated = True
+    default_bits = 4
+    unbiased = True
+
+    def payload_size(self, h: Header, layout: Layout) -> int:
+        return 8 * layout.chunks + layout.padded * int(h.bits) // 8
+
+    def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> np.ndarray:
+        b = int(h.bits)
+        C = layout.chunks
+        L = 1 << b
+        finite_chunk_sumsq(x, layout)
+        y = np.empty(layout.padded, np.float32)
+        K.rotate(x, h.d, layout.starts, layout.sizes, rng.sign_keys(h.seed, C), y)
+        ymin = np.minimum.reduceat(y, layout.starts).astype(np.float64)
+        ymax = np.maximum.reduceat(y, layout.starts).astype(np.float64)
+        if not (np.isfinite(ymin).all() and np.isfinite(ymax).all()):
+            raise ValueError("x is too large: its rotation overflows float32")
+        lo = -round_up_f32(-ymin)  # float32 <= min
+        lo64 = lo.astype(np.float64)
+        step = round_up_f32((ymax - lo64) / (L - 1))
+        short = lo64 + (L - 1) * step.astype(np.float64) < ymax  # rounding: cover the max
+        step[short] = np.nextafter(step[short], np.float32(np.inf))
+        out = np.empty(self.payload_size(h, layout), np.uint8)
+        out[: 8 * C] = np.stack([lo, step], axis=1).astype("<f4").reshape(-1).view(np.uint8)
+        PK.sr_quantize(
+            y, layout.padded, layout.starts, layout.sizes, lo64, step.astype(np.float64),
+            np.full(C, L, np.int64), b, method_base_key(h.dither_seed), out,
+            code_offsets(layout, b, 8 * C),
+        )
+        return out
+
+    def _tables(self, payload: memoryview, h: Header, layout: Layout) -> np.ndarray:
+        C = layout.chunks
+        f = np.frombuffer(payload, dtype="<f4", count=2 * C).reshape(C, 2).astype(np.float64)
+        lo, step = f[:, 0], f[:, 1]
+        if not (np.isfinite(f).all() and (step >= 0).all()):
+            raise DecodeError("hd-sr lo/step must be finite and step non-negative")
+        levels = lo[:, None] + np.arange(1 << int(h.bits))[None, :] * step[:, None]
+        # the unnormalized inverse FWHT needs 1/n
+        return (levels / layout.sizes[:, None]).astype(np.float32)
+
+    def decode_payload(self, payload, h, layout, out):
+        b = int(h.bits)
+        K.dequantize_unrotate(
+            np.frombuffer(payload, np.uint8), h.d, layout.starts, layout.sizes,
+            rng.sign_keys(h.seed, layout.chunks), self._tables(payload, h, layout), b,
+            code_offsets(layout, b, 8 * layout.chunks), out,
+        )
+
+    def accumulate_rotated(self, payload, h, layout, acc, weight):
+        b = int(h.bits)
+        K.lookup_rotated(
+            np.frombuffer(payload, np.uint8), layout.starts, layout.sizes,
+            self._tables(payload, h, layout), b, code_offsets(layout, b, 8 * layout.chunks),
+            np.float32(weight), acc,
+        )
+
+
+METHOD = HDSR()

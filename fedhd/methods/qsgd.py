@@ -1,0 +1,103 @@
+"""qsgd: QSGD (Alistarh et al., NeurIPS 2017), fixed rate b = 1..8 bits per coordinate.
+
+Each chunk of the layout (a QSGD "bucket", 2**log2_chunk coordinates) is sent as its norm
+||x_c|| (float32, rounded up) and one b-bit code per coordinate: x_i / ||x_c|| in [-1, 1]
+is rounded stochastically to the grid of s + 1 magnitudes {0, 1/s, ..., 1} with its sign,
+i.e. to the 2s + 1 points {-1, ..., -1/s, 0, 1/s, ..., 1}, s = 2**(b-1) - 1 (one code
+unused). b = 1 has room for no zero level: its grid is {-1, +1} (s = 1/2). Unbiased for
+every input: E[x_hat] = x. No rotation, so the error grows with the bucket's
+||x||_1 / ||x||_2: about sqrt(2 n / pi) / s for Gaussian coordinates while s << sqrt(n).
+
+The uniforms of the rounding come from ``rng.uniforms(dither_seed, STREAM_METHOD,
+padded)`` (``fedhd.peer_kernels``). Payload: C float32 norms, then the codes of every chunk
+(padded * b / 8 bytes, padding coordinates included).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .. import peer_kernels as PK
+from .. import rng
+from ..errors import DecodeError
+from ..layout import Layout, make_layout
+from ..wire import Header
+from .base import Method, finite_chunk_sumsq
+
+
+def code_offsets(layout: Layout, bits: int, head: int) -> np.ndarray:
+    """Byte offset of each chunk's packed codes, after ``head`` bytes of per-chunk fields."""
+    return _code_offsets(layout.d, layout.log2_chunk, bits, head)
+
+
+@lru_cache(maxsize=256)
+def _code_offsets(d: int, log2_chunk: int, bits: int, head: int) -> np.ndarray:
+    sizes = make_layout(d, log2_chunk).sizes
+    off = np.concatenate(([0], np.cumsum(sizes * bits // 8)[:-1])).astype(np.int64) + head
+    off.setflags(write=False)
+    return off
+
+
+def round_up_f32(v: np.ndarray) -> np.ndarray:
+    """float32 values >= v (float64), the nearest such."""
+    f = v.astype(np.float32)
+    low = f.astype(np.float64) < v
+    f[low] = np.nextafter(f[low], np.float32(np.inf))
+    return f
+
+
+def method_base_key(dither_seed: int) -> np.uint64:
+    """The base key of the stochastic-rounding uniforms (see ``fedhd.peer_kernels``)."""
+    return np.uint64(rng.splitmix(int(dither_seed), rng.STREAM_METHOD))
+
+
+def levels_of(bits: int) -> tuple[int, float]:
+    """(number of grid points used, s): the grid is {-1, ..., 1} with spacing 1/s."""
+    if bits == 1:
+        return 2, 0.5
+    s = (1 << (bits - 1)) - 1
+    return 2 * s + 1, float(s)
+
+
+class QSGD(Method):
+    name = "qsgd"
+    method_id = 4
+    default_bits = 4
+    unbiased = True
+
+    def payload_size(self, h: Header, layout: Layout) -> int:
+        return 4 * layout.chunks + layout.padded * int(h.bits) // 8
+
+    def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> np.ndarray:
+        b = int(h.bits)
+        C = layout.chunks
+        norm = round_up_f32(np.sqrt(finite_chunk_sumsq(x, layout)))
+        if not np.isfinite(norm).all():
+            raise ValueError("x is too large: a chunk norm overflows float32")
+        used, s = levels_of(b)
+        n64 = norm.astype(np.float64)
+        out = np.empty(self.payload_size(h, layout), np.uint8)
+        out[: 4 * C] = norm.astype("<f4").view(np.uint8)
+        PK.sr_quantize(
+            x, h.d, layout.starts, layout.sizes, -n64, n64 / s, np.full(C, used, np.int64), b,
+            method_base_key(h.dither_seed), out, code_offsets(layout, b, 4 * C),
+        )
+        return out
+
+    def decode_payload(self, payload, h, layout, out):
+        b = int(h.bits)
+        C = layout.chunks
+        norm = np.frombuffer(payload, dtype="<f4", count=C)
+        if not (np.isfinite(norm).all() and (norm >= 0).all()):
+            raise DecodeError("qsgd norms must be finite and non-negative")
+        used, s = levels_of(b)
+        grid = np.zeros(1 << b)
+        grid[:used] = -1.0 + np.arange(used) / s
+        tables = (norm.astype(np.float64)[:, None] * grid[None, :]).astype(np.float32)
+        PK.lookup_plain(np.frombuffer(payload, np.uint8), h.d, layout.starts, layout.sizes,
+                        tables, b, code_offsets(layout, b, 4 * C), out)
+
+
+METHOD = QSGD()

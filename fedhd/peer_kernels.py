@@ -1,0 +1,165 @@
+"""Numba kernels of the peer compressors (qsgd, hd-sr, drive, eden, turboquant, topk).
+
+They follow the conventions of ``fedhd.kernels``: chunk c covers coordinates
+[starts[c], starts[c] + sizes[c]) of the padded vector, its b-bit codes start at byte
+code_off[c] and are packed LSB-first by ``kernels.pack_codes``.
+
+Stochastic rounding uses the counter-based stream of ``fedhd.rng``: the uniform of padded
+coordinate g is ``(splitmix(base, g) >> 11) * 2**-53`` with
+``base = splitmix(dither_seed, STREAM_METHOD)``, i.e. ``rng.uniforms(dither_seed,
+STREAM_METHOD, padded)[g]``, the same on every backend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from . import kernels as K
+from .rng import splitmix_nb
+
+_INV53 = 2.0**-53
+
+
+def sr_quantize(v, d, starts, sizes, lo, step, levels, bits, base, out, code_off):
+    """Stochastic rounding onto the grid lo[c] + j * step[c], j = 0..levels[c]-1, packed.
+
+    Coordinate g (v[g] for g < d, 0 beyond) gets code floor((v - lo) / step + u_g) clamped
+    to [0, levels - 1]: E[lo + code * step] = v inside the grid. step[c] = 0 gives code 0.
+    """
+    K.over_chunks(_sr_quantize, sizes, v, d, starts, sizes, lo, step, levels, bits, base, out,
+                  code_off)
+
+
+@njit(nogil=True, cache=True)
+def _sr_quantize(c0, c1, v, d, starts, sizes, lo, step, levels, bits, base, out, code_off):
+    for c in range(c0, c1):
+        n = sizes[c]
+        s0 = starts[c]
+        codes = np.empty(n, np.uint8)
+        lc = lo[c]
+        st = step[c]
+        top = levels[c] - 1
+        inv = 1.0 / st if st > 0 else 0.0
+        for i in range(n):
+            g = s0 + i
+            x = np.float64(v[g]) if g < d else 0.0
+            u = np.float64(splitmix_nb(base, g) >> np.uint64(11)) * _INV53
+            q = np.floor((x - lc) * inv + u)
+            if q < 0:
+                q = 0.0
+            elif q > top:
+                q = top
+            codes[i] = np.uint8(q)
+        K.pack_codes(codes, bits, out, code_off[c])
+
+
+def nearest_quantize(y, starts, sizes, thr, cent, bits, out, code_off, base):
+    """Nearest-centroid codes of the rotated chunks, packed; returns <y_c, cent[code]>.
+
+    thr[c] holds the chunk's L - 1 increasing decision thresholds (in y's units); the code
+    of y_i is #{m : thr[c, m] < y_i}; cent (float64, L) are the unscaled centroids. For a
+    symmetric codebook 0 is the middle threshold, and a coordinate exactly 0 (frequent
+    after rotating sparse inputs) gets the code above it with probability 1/2 (the low
+    bit of ``splitmix(base, g)``), so the quantizer stays odd-symmetric in distribution.
+    """
+    dot = np.empty(starts.shape[0], np.float64)
+    K.over_chunks(_nearest_quantize, sizes, y, starts, sizes, thr, cent, bits, out, code_off,
+                  base, dot)
+    return dot
+
+
+@njit(nogil=True, cache=True)
+def _nearest_quantize(c0, c1, y, starts, sizes, thr, cent, bits, out, code_off, base, dot):
+    L = 1 << bits
+    for c in range(c0, c1):
+        n = sizes[c]
+        buf = y[starts[c]:starts[c] + n]
+        t = thr[c]
+        codes = np.zeros(n, np.uint8)
+        if L <= 16:
+            for m in range(L - 1):
+                tm = t[m]
+                for i in range(n):
+                    codes[i] += buf[i] > tm
+        else:  # a bucket table over [t[0], t[L-2]], then an exact walk of a step or two
+            M = 8 * L
+            t0 = np.float64(t[0])
+            width = np.float64(t[L - 2]) - t0
+            inv = M / width if width > 0 else 0.0
+            lut = np.empty(M, np.int64)
+            j = 0
+            for k in range(M):
+                edge = t0 + k / inv if inv > 0 else t0
+                while j < L - 1 and t[j] < edge:
+                    j += 1
+                lut[k] = j
+            for i in range(n):
+                v = buf[i]
+                f = (np.float64(v) - t0) * inv
+                k = 0 if f <= 0 else (M - 1 if f >= M - 1 else int(f))
+                j = lut[k]
+                while j < L - 1 and t[j] < v:
+                    j += 1
+                while j > 0 and not t[j - 1] < v:
+                    j -= 1
+                codes[i] = j
+        acc = 0.0
+        mid = L // 2 - 1
+        for i in range(n):
+            if buf[i] == 0 and codes[i] == mid:
+                codes[i] += np.uint8(splitmix_nb(base, starts[c] + i) & np.uint64(1))
+            acc += np.float64(buf[i]) * cent[codes[i]]
+        dot[c] = acc
+        K.pack_codes(codes, bits, out, code_off[c])
+
+
+def lookup_plain(codes, d, starts, sizes, tables, bits, code_off, out):
+    """Decode unrotated chunks: out[g] = tables[c][code_g] for the real coordinates g < d."""
+    K.over_chunks(_lookup_plain, sizes, codes, d, starts, sizes, tables, bits, code_off, out)
+
+
+@njit(nogil=True, cache=True)
+def _lookup_plain(c0, c1, codes, d, starts, sizes, tables, bits, code_off, out):
+    for c in range(c0, c1):
+        n = sizes[c]
+        buf = np.empty(n, np.float32)
+        K.unpack_lookup(codes, code_off[c], tables[c], bits, buf, np.float32(1.0), False)
+        real = min(n, d - starts[c])
+        for i in range(real):
+            out[starts[c] + i] = buf[i]
+
+
+@njit(cache=True)
+def pack_uint(vals, w, out):
+    """Pack unsigned ints of w <= 32 bits each, LSB-first, into out (len >= ceil(k*w/8))."""
+    acc = np.uint64(0)
+    nbits = 0
+    p = 0
+    for i in range(vals.shape[0]):
+        acc |= np.uint64(vals[i]) << np.uint64(nbits)
+        nbits += w
+        while nbits >= 8:
+            out[p] = np.uint8(acc & np.uint64(0xFF))
+            acc >>= np.uint64(8)
+            nbits -= 8
+            p += 1
+    if nbits > 0:
+        out[p] = np.uint8(acc & np.uint64(0xFF))
+
+
+@njit(cache=True)
+def unpack_uint(buf, k, w, out):
+    """Inverse of ``pack_uint``: k values of w bits from buf into out (int64)."""
+    mask = np.uint64((1 << w) - 1)
+    acc = np.uint64(0)
+    nbits = 0
+    p = 0
+    for i in range(k):
+        while nbits < w:
+            acc |= np.uint64(buf[p]) << np.uint64(nbits)
+            p += 1
+            nbits += 8
+        out[i] = np.int64(acc & mask)
+        acc >>= np.uint64(w)
+        nbits -= w
