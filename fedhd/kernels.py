@@ -35,6 +35,11 @@ def set_threads(n: int) -> None:
     _pool = None
 
 
+def get_threads() -> int:
+    """Threads used for one large encode/decode."""
+    return _threads
+
+
 def over_chunks(kernel: Any, sizes: np.ndarray, *args: Any) -> None:
     """Run ``kernel(c0, c1, *args)`` over all chunks; large vectors are split into
     contiguous chunk ranges of about equal length, one per thread (kernels release the GIL).

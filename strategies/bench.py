@@ -1,12 +1,11 @@
 """Server-side aggregation benchmark: decode-after-sum vs plain FedAvg vs decoding each client.
 
-    python -m strategies.bench                 # 100 clients, d = 10**6, hd-dither at 2 bits
+    python -m strategies.bench --method hd-dither   # 100 clients, d = 10**6, 2 bits
     python -m strategies.bench --clients 20 --d 100000 --json results/strategies_bench.json
-    python -m strategies.bench --numba-threads 1   # only with fedhd's kernels on one thread
+    python -m strategies.bench --threads 1          # only with fedhd's kernels on one thread
 
 All timings come from the same run, on the same machine, best of ``--repeat``, once per
-numba thread setting of fedhd's kernels (numba's default, then 1: on a small or busy
-machine the parallel kernels can lose more to thread hand-offs than they gain):
+thread setting of fedhd's kernels (``fedhd.kernels.set_threads``; the default, then 1):
 
 - ``fedavg``: ``flwr.serverapp.strategy.FedAvg.aggregate_train`` on the uncompressed
   replies (the same arrays, as numpy Arrays);
@@ -110,17 +109,18 @@ def decode_each(replies: list[Message], d: int) -> np.ndarray:
 
 def run(clients: int = 100, d: int = 10**6, method: str = C.DEFAULT_METHOD,
         bits: float | None = 2, repeat: int = 3,
-        numba_threads: list[int | None] | None = None) -> dict[str, Any]:
-    """Time the three aggregations once per numba thread setting (None: numba's default),
-    on the same replies; returns the figures (seconds and ratios) per setting."""
-    import numba
+        threads: list[int | None] | None = None) -> dict[str, Any]:
+    """Time the three aggregations once per thread setting of fedhd's kernels (None: the
+    default), on the same replies; returns the figures (seconds and ratios) per setting."""
     from flwr.common.logger import FLOWER_LOGGER
+
+    from fedhd import kernels
 
     FLOWER_LOGGER.setLevel("WARNING")
     t0 = time.perf_counter()
     strategy, fedavg, compressed, plain, rnd = build_replies(clients, d, method, bits)
     setup = time.perf_counter() - t0
-    default_threads = int(numba.get_num_threads())
+    default_threads = kernels.get_threads()
     # warm up the compiled kernels once before timing
     strategy.aggregate_train(rnd, compressed[:2])
     decode_each(compressed[:2], d)
@@ -131,8 +131,8 @@ def run(clients: int = 100, d: int = 10**6, method: str = C.DEFAULT_METHOD,
         "blob_bytes": len(compressed[0].content.array_records["arrays"][C.BLOB_KEY].data),
         "runs": [],
     }
-    for threads in numba_threads or [None]:
-        numba.set_num_threads(default_threads if threads is None else threads)
+    for n in threads or [None]:
+        kernels.set_threads(default_threads if n is None else n)
         t_fedavg = _best(lambda: fedavg.aggregate_train(rnd, plain), repeat)
         t_das = _best(lambda: strategy.aggregate_train(rnd, compressed), repeat)
         t_each = _best(lambda: decode_each(compressed, d), repeat)
@@ -140,13 +140,13 @@ def run(clients: int = 100, d: int = 10**6, method: str = C.DEFAULT_METHOD,
         t_wire = _best(lambda: strategy.aggregate_train(rnd, compressed), 1) - t_das
         strategy.compressor.wire_accounting = False
         out["runs"].append({
-            "numba_threads": int(numba.get_num_threads()),
+            "threads": kernels.get_threads(),
             "fedavg_s": t_fedavg, "decode_after_sum_s": t_das, "decode_each_s": t_each,
             "wire_accounting_s": max(t_wire, 0.0),
             "decode_after_sum_over_fedavg": t_das / t_fedavg,
             "speedup_over_decode_each": t_each / t_das,
         })
-    numba.set_num_threads(default_threads)
+    kernels.set_threads(default_threads)
 
     # the two compressed aggregations agree
     arrays, _ = strategy.aggregate_train(rnd, compressed)
@@ -165,19 +165,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", default=C.DEFAULT_METHOD)
     parser.add_argument("--bits", type=float, default=2)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--numba-threads", default="default,1",
-                        help="comma-separated numba thread counts for fedhd's kernels, each "
-                             "timed in turn ('default' = numba's own; default: default,1)")
+    parser.add_argument("--threads", default="default,1",
+                        help="comma-separated thread counts for fedhd's kernels, each timed "
+                             "in turn ('default' = FEDHD_THREADS or the cores; default,1)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     threads: list[int | None] = [None if t == "default" else int(t)
-                                 for t in args.numba_threads.split(",")]
+                                 for t in args.threads.split(",")]
     r = run(args.clients, args.d, args.method, args.bits, args.repeat, threads)
     print(f"server aggregation, {r['clients']} clients, d = {r['d']:,}, {r['method']} at "
           f"{r['bits']:g} bits ({r['blob_bytes']:,}-byte blobs), {r['cpus']} CPUs, "
           f"best of {args.repeat}")
     for run_ in r["runs"]:
-        print(f" fedhd kernels on {run_['numba_threads']} numba thread(s):")
+        print(f" fedhd kernels on {run_['threads']} thread(s):")
         print(f"  plain FedAvg aggregate_train        {run_['fedavg_s'] * 1e3:9.1f} ms")
         print(f"  CompressedFedAvg (decode-after-sum) {run_['decode_after_sum_s'] * 1e3:9.1f} ms"
               f"   = {run_['decode_after_sum_over_fedavg']:.2f} x FedAvg")
