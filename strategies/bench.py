@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 
 import fedhd
+from fedhd.bench.speed import best_time
 
 from . import constants as C
 from .fedavg import CompressedFedAvg
@@ -50,15 +50,6 @@ def _shapes(d: int) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"w1": (a, cols), "w2": (rows_total - a, cols),
                                           "b": (bias + rest,)}
     return {k: s for k, s in shapes.items() if int(np.prod(s)) > 0}
-
-
-def _best(fn: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def build_replies(clients: int, d: int, method: str, bits: float | None, seed: int = 0
@@ -133,11 +124,11 @@ def run(clients: int = 100, d: int = 10**6, method: str = C.DEFAULT_METHOD,
     }
     for n in threads or [None]:
         kernels.set_threads(default_threads if n is None else n)
-        t_fedavg = _best(lambda: fedavg.aggregate_train(rnd, plain), repeat)
-        t_das = _best(lambda: strategy.aggregate_train(rnd, compressed), repeat)
-        t_each = _best(lambda: decode_each(compressed, d), repeat)
+        t_fedavg = best_time(lambda: fedavg.aggregate_train(rnd, plain), repeat)
+        t_das = best_time(lambda: strategy.aggregate_train(rnd, compressed), repeat)
+        t_each = best_time(lambda: decode_each(compressed, d), repeat)
         strategy.compressor.wire_accounting = True
-        t_wire = _best(lambda: strategy.aggregate_train(rnd, compressed), 1) - t_das
+        t_wire = best_time(lambda: strategy.aggregate_train(rnd, compressed), 1) - t_das
         strategy.compressor.wire_accounting = False
         out["runs"].append({
             "threads": kernels.get_threads(),

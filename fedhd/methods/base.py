@@ -8,6 +8,8 @@ many clients there and run one inverse rotation (decode-after-sum, ``fedhd.Aggre
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from .. import kernels as K
@@ -123,3 +125,52 @@ def unrotate(acc: np.ndarray, seed: int, layout: Layout, out: np.ndarray) -> np.
     K.unrotate(acc, layout.d, layout.starts, layout.sizes,
                rng.sign_keys(seed, layout.chunks), out)
     return out
+
+
+def code_offsets(layout: Layout, bits: int, head: int) -> np.ndarray:
+    """Byte offset of each chunk's packed codes, after ``head`` bytes of per-chunk fields."""
+    return _code_offsets(layout.d, layout.log2_chunk, bits, head)
+
+
+@lru_cache(maxsize=256)
+def _code_offsets(d: int, log2_chunk: int, bits: int, head: int) -> np.ndarray:
+    sizes = make_layout(d, log2_chunk).sizes
+    off = np.concatenate(([0], np.cumsum(sizes * bits // 8)[:-1])).astype(np.int64) + head
+    off.setflags(write=False)
+    return off
+
+
+class RotatedTableMethod(Method):
+    """A rotated fixed-rate method whose payload is ``head_bytes`` of per-chunk fields,
+    then b-bit codes (``fedhd.kernels`` packing), decoded by a per-chunk table look-up
+    followed by the inverse rotation. Subclasses provide ``head_bytes`` and ``tables``."""
+
+    rotated = True
+
+    def head_bytes(self, layout: Layout) -> int:
+        """Bytes of per-chunk fields before the codes."""
+        raise NotImplementedError
+
+    def tables(self, payload: memoryview, h: Header, layout: Layout) -> np.ndarray:
+        """float32 (chunks, 2**b): the decoded rotated value of each code, times 1/n for
+        the unnormalized inverse FWHT; DecodeError for inconsistent per-chunk fields."""
+        raise NotImplementedError
+
+    def payload_size(self, h: Header, layout: Layout) -> int:
+        return self.head_bytes(layout) + layout.padded * int(h.bits) // 8
+
+    def decode_payload(self, payload, h, layout, out):
+        b = int(h.bits)
+        K.dequantize_unrotate(
+            np.frombuffer(payload, np.uint8), h.d, layout.starts, layout.sizes,
+            rng.sign_keys(h.seed, layout.chunks), self.tables(payload, h, layout), b,
+            code_offsets(layout, b, self.head_bytes(layout)), out,
+        )
+
+    def accumulate_rotated(self, payload, h, layout, acc, weight):
+        b = int(h.bits)
+        K.lookup_rotated(
+            np.frombuffer(payload, np.uint8), layout.starts, layout.sizes,
+            self.tables(payload, h, layout), b,
+            code_offsets(layout, b, self.head_bytes(layout)), np.float32(weight), acc,
+        )

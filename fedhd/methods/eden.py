@@ -36,14 +36,12 @@ from ..errors import DecodeError
 from ..layout import Layout
 from ..lloyd_max import codebook
 from ..wire import Header
-from .base import Method, finite_chunk_sumsq
-from .qsgd import code_offsets, method_base_key
+from .base import RotatedTableMethod, code_offsets, finite_chunk_sumsq
+from .qsgd import method_base_key
 
 
-class RotatedCodebook(Method):
+class RotatedCodebook(RotatedTableMethod):
     """HD rotation + nearest centroid of a fixed N(0, 1) codebook + one scale per chunk."""
-
-    rotated = True
 
     def codebook(self, bits: int) -> tuple[np.ndarray, np.ndarray]:
         """(centroids (L,), thresholds (L - 1,)) in units of z = y' / ||x_c||."""
@@ -56,8 +54,8 @@ class RotatedCodebook(Method):
         ok = dot > 0
         return np.where(ok, nss / np.where(ok, dot, 1.0), 0.0)
 
-    def payload_size(self, h: Header, layout: Layout) -> int:
-        return 4 * layout.chunks + layout.padded * int(h.bits) // 8
+    def head_bytes(self, layout: Layout) -> int:
+        return 4 * layout.chunks  # the scale A of each chunk
 
     def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> np.ndarray:
         b = int(h.bits)
@@ -78,29 +76,13 @@ class RotatedCodebook(Method):
         out[: 4 * C] = A.astype("<f4").view(np.uint8)
         return out
 
-    def _tables(self, payload: memoryview, h: Header, layout: Layout) -> np.ndarray:
+    def tables(self, payload: memoryview, h: Header, layout: Layout) -> np.ndarray:
         A = np.frombuffer(payload, dtype="<f4", count=layout.chunks).astype(np.float64)
         if not (np.isfinite(A).all() and (A >= 0).all()):
             raise DecodeError(f"{self.name} scales must be finite and non-negative")
         cent, _ = self.codebook(int(h.bits))
         # the unnormalized inverse FWHT needs 1/n
         return ((A / layout.sizes)[:, None] * cent[None, :]).astype(np.float32)
-
-    def decode_payload(self, payload, h, layout, out):
-        b = int(h.bits)
-        K.dequantize_unrotate(
-            np.frombuffer(payload, np.uint8), h.d, layout.starts, layout.sizes,
-            rng.sign_keys(h.seed, layout.chunks), self._tables(payload, h, layout), b,
-            code_offsets(layout, b, 4 * layout.chunks), out,
-        )
-
-    def accumulate_rotated(self, payload, h, layout, acc, weight):
-        b = int(h.bits)
-        K.lookup_rotated(
-            np.frombuffer(payload, np.uint8), layout.starts, layout.sizes,
-            self._tables(payload, h, layout), b, code_offsets(layout, b, 4 * layout.chunks),
-            np.float32(weight), acc,
-        )
 
 
 class EDEN(RotatedCodebook):

@@ -17,17 +17,16 @@ from ..errors import DecodeError
 from ..grid import KAPPA_WEIGHT, grid
 from ..layout import Layout
 from ..wire import Header
-from .base import Method, finite_chunk_sumsq
+from .base import RotatedTableMethod, code_offsets, finite_chunk_sumsq
 
 
-class HDDither(Method):
+class HDDither(RotatedTableMethod):
     name = "hd-dither"
     method_id = 1
-    rotated = True
     unbiased = True  # exactly inside the clip range; see README for the measured residual
 
-    def payload_size(self, h: Header, layout: Layout) -> int:
-        return 4 * layout.chunks + layout.padded * int(h.bits) // 8
+    def head_bytes(self, layout: Layout) -> int:
+        return 4 * layout.chunks  # the scale of each chunk
 
     def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> np.ndarray:
         b = int(h.bits)
@@ -41,7 +40,7 @@ class HDDither(Method):
         out = np.empty(self.payload_size(h, layout), np.uint8)
         sum_yc = K.rotate_quantize(
             x, h.d, layout.starts, layout.sizes, rng.sign_keys(h.seed, C), thr, b, out,
-            self._code_offsets(layout, b), (g.clip * s).astype(np.float32),
+            code_offsets(layout, b, 4 * C), (g.clip * s).astype(np.float32),
         )
         nss = layout.sizes * s.astype(np.float64) ** 2  # ||y'||^2 = n ||x_c||^2
         kappa = np.where(sum_yc > 0, nss / np.where(sum_yc > 0, sum_yc, 1.0), 1.0)
@@ -49,7 +48,7 @@ class HDDither(Method):
         out[: 4 * C] = (s * kappa).astype("<f4").view(np.uint8)
         return out
 
-    def _tables(self, payload: memoryview, h: Header, layout: Layout) -> np.ndarray:
+    def tables(self, payload: memoryview, h: Header, layout: Layout) -> np.ndarray:
         C = layout.chunks
         scales = np.frombuffer(payload, dtype="<f4", count=C)
         if not (np.isfinite(scales).all() and (scales >= 0).all()):
@@ -58,24 +57,6 @@ class HDDither(Method):
         # r_j * s / sqrt(n) gives y; the unnormalized inverse FWHT needs one more 1/sqrt(n)
         return (grid(int(h.bits)).table(u) * (scales / layout.sizes)[:, None]).astype(np.float32)
 
-    def _code_offsets(self, layout: Layout, b: int) -> np.ndarray:
-        return np.concatenate(([0], np.cumsum(layout.sizes * b // 8)[:-1])) + 4 * layout.chunks
-
-    def decode_payload(self, payload, h, layout, out):
-        b = int(h.bits)
-        codes = np.frombuffer(payload, dtype=np.uint8)
-        K.dequantize_unrotate(
-            codes, h.d, layout.starts, layout.sizes, rng.sign_keys(h.seed, layout.chunks),
-            self._tables(payload, h, layout), b, self._code_offsets(layout, b), out,
-        )
-
-    def accumulate_rotated(self, payload, h, layout, acc, weight):
-        b = int(h.bits)
-        codes = np.frombuffer(payload, dtype=np.uint8)
-        K.lookup_rotated(
-            codes, layout.starts, layout.sizes, self._tables(payload, h, layout), b,
-            self._code_offsets(layout, b), np.float32(weight), acc,
-        )
 
 
 METHOD = HDDither()

@@ -71,8 +71,8 @@ import numpy as np
 from .. import ec_kernels as E
 from .. import rng
 from ..errors import DecodeError
-from ..layout import Layout, make_layout
-from ..wire import HEADER_BYTES, Header, check_payload, read_header
+from ..layout import Layout
+from ..wire import HEADER_BYTES, Header
 from .base import Method
 
 MODEL_ID = 1
@@ -303,18 +303,14 @@ class HDDitherEC(Method):
         return best[0], best[1], best[2], iters
 
     # -- wire checks -----------------------------------------------------------------------
-    def open(self, blob: memoryview) -> tuple[Header, Layout, memoryview]:
-        h = read_header(blob)
-        if h.method_id != self.method_id:
-            raise DecodeError(f"blob holds method id {h.method_id}, not {self.name}")
-        try:
-            self.check_bits(h.bits)
-        except (TypeError, ValueError) as e:
-            raise DecodeError(f"bad bits field: {e}") from None
-        layout = make_layout(h.d, h.log2_chunk)  # lazy: nothing allocated yet
-        C, padded = layout.chunks, layout.padded
-        least = TABLE_OFF + table_bytes(C) + 4 * min_words(padded)
-        if len(blob) < least:  # before building the layout: its size follows from d
+    def expected_size(self, blob: memoryview, h: Header, layout: Layout) -> int:
+        """Read the stream lengths from the chunk tables, after checking that the blob is
+        at least as long as any blob of this d must be (so nothing is allocated for a
+        hostile d), that the model id is known and the reserved bytes are zero."""
+        C = layout.chunks
+        need = TABLE_OFF + table_bytes(C)
+        least = need + 4 * min_words(layout.padded)
+        if len(blob) < least:
             raise DecodeError(
                 f"blob is truncated: {len(blob)} bytes, a {self.name} blob of length {h.d} "
                 f"takes at least {least}")
@@ -322,13 +318,6 @@ class HDDitherEC(Method):
             raise DecodeError(f"unknown {self.name} model id {blob[HEADER_BYTES]}")
         if struct.unpack_from("<I", blob, RESERVED_OFF)[0] != 0:
             raise DecodeError(f"reserved bytes of a {self.name} blob must be zero")
-        return h, layout, check_payload(blob, self.expected_size(blob, h, layout))
-
-    def expected_size(self, blob: memoryview, h: Header, layout: Layout) -> int:
-        C = layout.chunks
-        need = TABLE_OFF + table_bytes(C)
-        if len(blob) < need:
-            raise DecodeError(f"blob is truncated: {len(blob)} bytes, its tables need {need}")
         counts = np.frombuffer(blob, "<u4", C, TABLE_OFF + 8 * C)
         W = int(counts.sum(dtype=np.uint64))
         return need + 4 * max(W, min_words(layout.padded))

@@ -22,19 +22,18 @@ from .. import rng
 from ..errors import DecodeError
 from ..layout import Layout
 from ..wire import Header
-from .base import Method, finite_chunk_sumsq
-from .qsgd import code_offsets, method_base_key, round_up_f32
+from .base import RotatedTableMethod, code_offsets, finite_chunk_sumsq
+from .qsgd import method_base_key, round_up_f32
 
 
-class HDSR(Method):
+class HDSR(RotatedTableMethod):
     name = "hd-sr"
     method_id = 5
-    rotated = True
     default_bits = 4
     unbiased = True
 
-    def payload_size(self, h: Header, layout: Layout) -> int:
-        return 8 * layout.chunks + layout.padded * int(h.bits) // 8
+    def head_bytes(self, layout: Layout) -> int:
+        return 8 * layout.chunks  # the minimum and step of each chunk
 
     def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> np.ndarray:
         b = int(h.bits)
@@ -61,7 +60,7 @@ class HDSR(Method):
         )
         return out
 
-    def _tables(self, payload: memoryview, h: Header, layout: Layout) -> np.ndarray:
+    def tables(self, payload: memoryview, h: Header, layout: Layout) -> np.ndarray:
         C = layout.chunks
         f = np.frombuffer(payload, dtype="<f4", count=2 * C).reshape(C, 2).astype(np.float64)
         lo, step = f[:, 0], f[:, 1]
@@ -70,22 +69,6 @@ class HDSR(Method):
         levels = lo[:, None] + np.arange(1 << int(h.bits))[None, :] * step[:, None]
         # the unnormalized inverse FWHT needs 1/n
         return (levels / layout.sizes[:, None]).astype(np.float32)
-
-    def decode_payload(self, payload, h, layout, out):
-        b = int(h.bits)
-        K.dequantize_unrotate(
-            np.frombuffer(payload, np.uint8), h.d, layout.starts, layout.sizes,
-            rng.sign_keys(h.seed, layout.chunks), self._tables(payload, h, layout), b,
-            code_offsets(layout, b, 8 * layout.chunks), out,
-        )
-
-    def accumulate_rotated(self, payload, h, layout, acc, weight):
-        b = int(h.bits)
-        K.lookup_rotated(
-            np.frombuffer(payload, np.uint8), layout.starts, layout.sizes,
-            self._tables(payload, h, layout), b, code_offsets(layout, b, 8 * layout.chunks),
-            np.float32(weight), acc,
-        )
 
 
 METHOD = HDSR()

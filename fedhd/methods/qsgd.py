@@ -15,29 +15,14 @@ padded)`` (``fedhd.peer_kernels``). Payload: C float32 norms, then the codes of 
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
 from .. import peer_kernels as PK
 from .. import rng
 from ..errors import DecodeError
-from ..layout import Layout, make_layout
+from ..layout import Layout
 from ..wire import Header
-from .base import Method, finite_chunk_sumsq
-
-
-def code_offsets(layout: Layout, bits: int, head: int) -> np.ndarray:
-    """Byte offset of each chunk's packed codes, after ``head`` bytes of per-chunk fields."""
-    return _code_offsets(layout.d, layout.log2_chunk, bits, head)
-
-
-@lru_cache(maxsize=256)
-def _code_offsets(d: int, log2_chunk: int, bits: int, head: int) -> np.ndarray:
-    sizes = make_layout(d, log2_chunk).sizes
-    off = np.concatenate(([0], np.cumsum(sizes * bits // 8)[:-1])).astype(np.int64) + head
-    off.setflags(write=False)
-    return off
+from .base import Method, code_offsets, finite_chunk_sumsq
 
 
 def round_up_f32(v: np.ndarray) -> np.ndarray:
