@@ -2,7 +2,7 @@
 
 ``python -m simulations`` (= ``make demo``) runs the default sweep of ``default.toml``
 on Flower's Simulation Engine and writes ``results/``; ``python -m simulations --help``
-lists the options. ``flwr run simulations`` runs the same ServerApp/ClientApp pair.
+lists the options. ``flwr run simulations/flwr_app`` runs the same ServerApp/ClientApp pair.
 """
 
 import os
