@@ -406,6 +406,8 @@ def _decode_stream(words, p, end, n, K, A, freq, cum, lut, qmax, dwords, scale, 
         return ERR_STATE
     esc = A - 1
     A1 = A + 1
+    # the two interleaved states are written out side by side (not a shared helper) so the
+    # compiler can overlap their independent dependency chains
     for i in range(0, n, 2):
         # -- coordinate i, state x0
         k = dwords[i]
