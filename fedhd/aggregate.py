@@ -15,7 +15,7 @@ import numpy as np
 from . import methods as registry
 from .errors import DecodeError
 from .layout import make_layout
-from .methods.base import unrotate
+from .methods.base import gpu, unrotate
 from .wire import as_bytes, read_header
 
 
@@ -30,19 +30,24 @@ class Aggregator:
         The round's rotation seed; when given, rotated blobs must carry it.
     method, bits : optional
         When given, every blob must match them.
+    device : optional
+        "cuda" or "cuda:N": sum rotated table methods (hd-dither, eden, ...) on that GPU
+        and return ``mean()`` there as a torch tensor (``fedhd.gpu``).
 
     ``add`` validates a blob completely before touching the running sum, so a bad blob
     raises ``DecodeError`` and leaves the sum as it was.
     """
 
     def __init__(self, d: int, seed: int | None = None, method: str | None = None,
-                 bits: float | None = None):
+                 bits: float | None = None, device: Any = None):
         self.d = int(d)
+        self.device = None if device is None or str(device) == "cpu" else device
         self.seed = seed
         self.method = None if method is None else registry.get(method)
         self.bits = bits
         self._plain = np.zeros(self.d, np.float64)
-        self._rotated: dict[tuple[int, int], np.ndarray] = {}  # (seed, log2_chunk) -> sum
+        # (seed, log2_chunk, on the GPU) -> running sum in the rotated domain
+        self._rotated: dict[tuple[int, int, bool], Any] = {}
         self.total_weight = 0.0
         self.count = 0
 
@@ -65,11 +70,13 @@ class Aggregator:
             raise DecodeError(f"blob has rotation seed {h.seed}, the round uses {self.seed}")
         if method.rotated:
             h, layout, payload = method.open(view)
-            key = (h.seed, h.log2_chunk)
+            on_gpu = self.device is not None and method.gpu_decode and gpu().supported(layout)
+            key = (h.seed, h.log2_chunk, on_gpu)
             acc = self._rotated.get(key)
             fresh = acc is None
             if acc is None:
-                acc = np.zeros(layout.padded, np.float32)
+                acc = (gpu().zeros(layout.padded, np.float32) if on_gpu
+                       else np.zeros(layout.padded, np.float32))
             method.accumulate_rotated(payload, h, layout, acc, weight)
             if fresh:
                 self._rotated[key] = acc
@@ -88,12 +95,35 @@ class Aggregator:
         self.total_weight += weight
         self.count += 1
 
-    def mean(self) -> np.ndarray:
-        """The weighted mean of everything added (float32); one inverse HD per chunk."""
+    def mean(self, out: Any = None) -> Any:
+        """The weighted mean of everything added (float32); one inverse HD per chunk.
+
+        A float32 numpy vector; with ``device``, a torch tensor on it (or ``out``, a CUDA
+        float32 vector of length d, filled).
+        """
         if self.count == 0:
             raise ValueError("nothing was added")
+        on_gpu = [k for k in self._rotated if k[2]]
+        if self.device is not None and out is None:
+            out = gpu().new_torch_vector(self.d, self.device)
+        if len(on_gpu) == 1 and len(self._rotated) == 1 and not self._plain.any():
+            # the usual GPU round: everything in one rotated sum, finished on the device
+            (seed, log2_chunk, _), acc = next(iter(self._rotated.items()))
+            dev = gpu().view(out)
+            unrotate(gpu().copy(acc), seed, make_layout(self.d, log2_chunk), dev)
+            gpu().divide(dev, self.total_weight)
+            return out
         total = self._plain.copy()
         buf = np.empty(self.d, np.float32)
-        for (seed, log2_chunk), acc in self._rotated.items():
-            total += unrotate(acc.copy(), seed, make_layout(self.d, log2_chunk), buf)
-        return (total / self.total_weight).astype(np.float32)
+        for (seed, log2_chunk, dev_acc), acc in self._rotated.items():
+            layout = make_layout(self.d, log2_chunk)
+            if dev_acc:
+                dbuf = gpu().empty(self.d, np.float32)
+                total += unrotate(gpu().copy(acc), seed, layout, dbuf).copy_to_host()
+            else:
+                total += unrotate(acc.copy(), seed, layout, buf)
+        mean = (total / self.total_weight).astype(np.float32)
+        if out is None:
+            return mean
+        gpu().view(out).copy_to_device(mean)
+        return out

@@ -42,6 +42,23 @@ def as_vector(x: Any) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def is_cuda_array(x: Any) -> bool:
+    """Whether x lives on a CUDA device: a torch CUDA tensor, a CuPy array, a numba device
+    array or any object with ``__cuda_array_interface__``."""
+    if type(x).__module__.startswith("torch"):
+        return bool(getattr(x, "is_cuda", False))
+    return hasattr(x, "__cuda_array_interface__") or type(x).__module__.startswith("numba.cuda")
+
+
+def _vector(x: Any) -> Any:
+    """``as_vector`` for host arrays, ``fedhd.gpu.as_device_vector`` for CUDA ones."""
+    if is_cuda_array(x):
+        from . import gpu
+
+        return gpu.as_device_vector(x)
+    return as_vector(x)
+
+
 def methods() -> list[str]:
     """Names of the registered compression methods."""
     return registry.names()
@@ -73,15 +90,16 @@ class Codec:
         self.log2_chunk = int(log2_chunk)
 
     def encode(self, x: Any, seed: int = 0, dither_seed: int | None = None) -> bytes:
-        """Compress x. ``seed`` fixes the rotation (share it among the clients of a round);
-        ``dither_seed`` (default: ``seed``) fixes the dither (give each client its own)."""
+        """Compress x (numpy or torch; a CUDA array is encoded on its GPU). ``seed`` fixes
+        the rotation (share it among the clients of a round); ``dither_seed`` (default:
+        ``seed``) fixes the dither (give each client its own)."""
         seed = check_seed(seed)
         dither_seed = seed if dither_seed is None else check_seed(dither_seed, "dither_seed")
-        return self.method.encode(as_vector(x), self.bits, seed, dither_seed, self.log2_chunk)
+        return self.method.encode(_vector(x), self.bits, seed, dither_seed, self.log2_chunk)
 
-    def decode(self, blob: Any, out: np.ndarray | None = None) -> np.ndarray:
-        """Decode a blob of this codec's method; ``out`` is reused when it fits."""
-        return self.method.decode(as_bytes(blob), out)
+    def decode(self, blob: Any, out: Any = None, device: Any = None) -> Any:
+        """Decode a blob of this codec's method; see ``fedhd.decode``."""
+        return self.method.decode(as_bytes(blob), out, device)
 
 
 def encode(x: Any, bits: float | None = None, seed: int = 0, method: str = DEFAULT_METHOD,
@@ -93,9 +111,12 @@ def encode(x: Any, bits: float | None = None, seed: int = 0, method: str = DEFAU
     return Codec(method, bits, log2_chunk).encode(x, seed, dither_seed)
 
 
-def decode(blob: Any, out: np.ndarray | None = None) -> np.ndarray:
+def decode(blob: Any, out: Any = None, device: Any = None) -> Any:
     """Decode any fedhd blob into a float32 vector of its original length.
 
+    ``out``: a float32 buffer of length d to decode into (numpy, reused when it fits; or a
+    CUDA array, torch or CuPy, decoded into on its GPU). ``device="cuda"`` (or "cuda:N")
+    decodes on that GPU into a new torch tensor. Otherwise a new numpy vector.
     Raises ``DecodeError`` (a ValueError) for anything malformed, before allocating.
     """
     view = as_bytes(blob)
@@ -103,4 +124,4 @@ def decode(blob: Any, out: np.ndarray | None = None) -> np.ndarray:
     method = registry.by_id(h.method_id)
     if method is None:
         raise DecodeError(f"unknown method id {h.method_id}")
-    return method.decode(view, out)
+    return method.decode(view, out, device)

@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fedhd bench speed", description=__doc__)
     p.add_argument("--methods", nargs="*", default=None, help="default: all registered")
     p.add_argument("--bits", type=float, default=2)
-    p.add_argument("--dims", type=int, nargs="*", default=DEFAULT_DIMS)
+    p.add_argument("--dims", type=int, nargs="*", default=None,
+                   help=f"default: {DEFAULT_DIMS} (cpu), 2**20, 2**24, 2**27 (cuda)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: hd-dither on the GPU against a device-to-device copy")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--dense", type=int, nargs="*", default=[4096, 16384],
                    help="dims of the dense-rotation comparison (empty list to skip)")
@@ -81,10 +84,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="time the Theta(d^3) QR only up to this d")
     p.add_argument("--json", default=None, help="write the rows to this file")
     a = p.parse_args(argv)
+    if a.device == "cuda":
+        from . import gpu_speed
+
+        rows = gpu_speed.run(a.dims or gpu_speed.GPU_DIMS, int(a.bits), a.repeat, True)
+    else:
+        rows = bench_cpu(a)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+def bench_cpu(a: argparse.Namespace) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     print(f"{'method':<14}{'bits':>5}{'d':>10}{'copy ms':>9}{'enc ms':>9}{'dec ms':>9}"
           f"{'enc/copy':>10}{'dec/copy':>10}{'bits/coord':>11}")
-    for d in a.dims:
+    for d in a.dims or DEFAULT_DIMS:
         for name in a.methods or methods():
             m = get(name)
             bits = a.bits
@@ -103,7 +119,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dense rotation d={d}: QR {r['qr_s']:.1f} s, {r['dense_matrix_mb']:.0f} MB; "
               f"mat-vec {r['dense_matvec_ms']:.2f} ms vs HD {r['hd_ms']:.3f} ms "
               f"({r['matvec_over_hd']:.0f}x)", flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    return 0
+    return rows

@@ -9,6 +9,7 @@ many clients there and run one inverse rotation (decode-after-sum, ``fedhd.Aggre
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,12 @@ class Method:
     min_bits: float = 1
     max_bits: float = 8
     default_bits: float = 2
+    #: Whether ``encode_payload`` takes a CUDA vector (``fedhd.gpu``); other methods get a
+    #: host copy.
+    gpu_encode: bool = False
+    #: Whether ``decode_payload``/``accumulate_rotated`` write CUDA vectors themselves;
+    #: other methods decode on the host and copy the result up.
+    gpu_decode: bool = False
 
     # -- arguments -------------------------------------------------------------------------
     def check_bits(self, bits: float) -> float:
@@ -77,10 +84,13 @@ class Method:
 
     # -- driver ----------------------------------------------------------------------------
     def encode(
-        self, x: np.ndarray, bits: float, seed: int, dither_seed: int, log2_chunk: int
+        self, x: Any, bits: float, seed: int, dither_seed: int, log2_chunk: int
     ) -> bytes:
+        """x: a float32 numpy vector, or a CUDA one from ``fedhd.gpu.as_device_vector``."""
         layout = make_layout(x.shape[0], log2_chunk)
         h = Header(self.method_id, bits, log2_chunk, x.shape[0], seed, dither_seed)
+        if not isinstance(x, np.ndarray) and not (self.gpu_encode and gpu().supported(layout)):
+            x = x.copy_to_host()
         payload = self.encode_payload(x, h, layout)
         buf = bytearray(HEADER_BYTES + len(payload))
         write_header(buf, h)
@@ -100,12 +110,35 @@ class Method:
         payload = check_payload(blob, self.expected_size(blob, h, layout))
         return h, layout, payload
 
-    def decode(self, blob: memoryview, out: np.ndarray | None = None) -> np.ndarray:
+    def decode(self, blob: memoryview, out: Any = None, device: Any = None) -> Any:
+        """Validate, then decode into ``out`` (a float32 numpy vector of length d, reused
+        when it fits, or a CUDA array that must fit) or, with ``device="cuda[:N]"``, into a
+        new torch tensor there; else into a new numpy vector."""
         h, layout, payload = self.open(blob)
-        if out is None or out.shape != (h.d,) or out.dtype != np.float32:
-            out = np.empty(h.d, np.float32)
-        self.decode_payload(payload, h, layout, out)
+        if out is None and device is not None and str(device) != "cpu":
+            out = gpu().new_torch_vector(h.d, device)
+        if out is None or isinstance(out, np.ndarray):
+            if out is None or out.shape != (h.d,) or out.dtype != np.float32:
+                out = np.empty(h.d, np.float32)
+            self.decode_payload(payload, h, layout, out)
+            return out
+        dev = gpu().view(out)
+        if dev.shape != (h.d,) or dev.dtype != np.float32:
+            raise ValueError(f"out must be a float32 CUDA vector of length {h.d}")
+        if self.gpu_decode and gpu().supported(layout):
+            self.decode_payload(payload, h, layout, dev)
+        else:
+            host = np.empty(h.d, np.float32)
+            self.decode_payload(payload, h, layout, host)
+            dev.copy_to_device(host)
         return out
+
+
+def gpu() -> Any:
+    """``fedhd.gpu``, imported on first use (it imports numba.cuda)."""
+    from .. import gpu as module
+
+    return module
 
 
 def finite_chunk_sumsq(x: np.ndarray, layout: Layout) -> np.ndarray:
@@ -120,10 +153,14 @@ def finite_chunk_sumsq(x: np.ndarray, layout: Layout) -> np.ndarray:
     return ss
 
 
-def unrotate(acc: np.ndarray, seed: int, layout: Layout, out: np.ndarray) -> np.ndarray:
-    """out[:d] = D H acc chunk by chunk (unnormalized H; acc is overwritten)."""
-    K.unrotate(acc, layout.d, layout.starts, layout.sizes,
-               rng.sign_keys(seed, layout.chunks), out)
+def unrotate(acc: Any, seed: int, layout: Layout, out: Any) -> Any:
+    """out[:d] = D H acc chunk by chunk (unnormalized H; acc is overwritten). acc and out
+    are both numpy or both CUDA vectors."""
+    keys = rng.sign_keys(seed, layout.chunks)
+    if isinstance(acc, np.ndarray):
+        K.unrotate(acc, layout.d, layout.starts, layout.sizes, keys, out)
+    else:
+        gpu().unrotate(acc, layout, keys, out)
     return out
 
 
@@ -146,6 +183,7 @@ class RotatedTableMethod(Method):
     followed by the inverse rotation. Subclasses provide ``head_bytes`` and ``tables``."""
 
     rotated = True
+    gpu_decode = True
 
     def head_bytes(self, layout: Layout) -> int:
         """Bytes of per-chunk fields before the codes."""
@@ -161,16 +199,23 @@ class RotatedTableMethod(Method):
 
     def decode_payload(self, payload, h, layout, out):
         b = int(h.bits)
-        K.dequantize_unrotate(
-            np.frombuffer(payload, np.uint8), h.d, layout.starts, layout.sizes,
-            rng.sign_keys(h.seed, layout.chunks), self.tables(payload, h, layout), b,
-            code_offsets(layout, b, self.head_bytes(layout)), out,
-        )
+        codes = np.frombuffer(payload, np.uint8)
+        keys = rng.sign_keys(h.seed, layout.chunks)
+        tables = self.tables(payload, h, layout)
+        off = code_offsets(layout, b, self.head_bytes(layout))
+        if isinstance(out, np.ndarray):
+            K.dequantize_unrotate(codes, h.d, layout.starts, layout.sizes, keys, tables, b,
+                                  off, out)
+        else:
+            gpu().dequantize_unrotate(codes, layout, keys, tables, b, off, out)
 
     def accumulate_rotated(self, payload, h, layout, acc, weight):
         b = int(h.bits)
-        K.lookup_rotated(
-            np.frombuffer(payload, np.uint8), layout.starts, layout.sizes,
-            self.tables(payload, h, layout), b,
-            code_offsets(layout, b, self.head_bytes(layout)), np.float32(weight), acc,
-        )
+        codes = np.frombuffer(payload, np.uint8)
+        tables = self.tables(payload, h, layout)
+        off = code_offsets(layout, b, self.head_bytes(layout))
+        if isinstance(acc, np.ndarray):
+            K.lookup_rotated(codes, layout.starts, layout.sizes, tables, b, off,
+                             np.float32(weight), acc)
+        else:
+            gpu().lookup_rotated(codes, layout, tables, b, off, weight, acc)

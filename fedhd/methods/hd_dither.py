@@ -17,31 +17,35 @@ from ..errors import DecodeError
 from ..grid import KAPPA_WEIGHT, grid
 from ..layout import Layout
 from ..wire import Header
-from .base import RotatedTableMethod, code_offsets, finite_chunk_sumsq
+from .base import RotatedTableMethod, code_offsets, finite_chunk_sumsq, gpu
 
 
 class HDDither(RotatedTableMethod):
     name = "hd-dither"
     method_id = 1
     unbiased = True  # exactly inside the clip range; see README for the measured residual
+    gpu_encode = True
 
     def head_bytes(self, layout: Layout) -> int:
         return 4 * layout.chunks  # the scale of each chunk
 
-    def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> np.ndarray:
+    def encode_payload(self, x, h: Header, layout: Layout) -> np.ndarray:
         b = int(h.bits)
         C = layout.chunks
-        s = np.sqrt(finite_chunk_sumsq(x, layout)).astype(np.float32)
         g = grid(b)
-        u = rng.dithers(h.dither_seed, C)
-        thr = np.full((C, 1 << b), np.inf, np.float32)
-        # thresholds in the domain of the unnormalized FWHT output y' = sqrt(n) y = s z
-        thr[:, :-1] = g.thresholds(u) * s[:, None]
+        thr_norm = g.thresholds(rng.dithers(h.dither_seed, C))  # (C, 2**b - 1) float64
+        keys = rng.sign_keys(h.seed, C)
+        off = code_offsets(layout, b, 4 * C)
         out = np.empty(self.payload_size(h, layout), np.uint8)
-        sum_yc = K.rotate_quantize(
-            x, h.d, layout.starts, layout.sizes, rng.sign_keys(h.seed, C), thr, b, out,
-            code_offsets(layout, b, 4 * C), (g.clip * s).astype(np.float32),
-        )
+        if isinstance(x, np.ndarray):
+            s = np.sqrt(finite_chunk_sumsq(x, layout)).astype(np.float32)
+            thr = np.full((C, 1 << b), np.inf, np.float32)
+            # thresholds in the domain of the unnormalized FWHT output y' = sqrt(n) y = s z
+            thr[:, :-1] = thr_norm * s[:, None]
+            sum_yc = K.rotate_quantize(x, h.d, layout.starts, layout.sizes, keys, thr, b, out,
+                                       off, (g.clip * s).astype(np.float32))
+        else:  # a CUDA vector: the same steps in fedhd.cuda_kernels
+            s, sum_yc = gpu().rotate_quantize(x, layout, keys, thr_norm, g.clip, b, off, out)
         nss = layout.sizes * s.astype(np.float64) ** 2  # ||y'||^2 = n ||x_c||^2
         kappa = np.where(sum_yc > 0, nss / np.where(sum_yc > 0, sum_yc, 1.0), 1.0)
         kappa = 1.0 + KAPPA_WEIGHT[b] * (kappa - 1.0)
