@@ -184,10 +184,21 @@ class RoundCompressor:
         blob_bits: list[float] = []
         total_weight = 0.0
         dropped = 0
+        opened = []
         for msg in with_content:
             try:
                 weight = _weight(msg.content, weighted_by_key)
                 blob, dense, extras = self._open(msg.content, st)
+                # add in an order that does not depend on arrival: the float32 rotated sum
+                # then repeats exactly (dither seeds are fixed per partition in simulations)
+                order = (0, fedhd.header(blob).dither_seed) if blob is not None else (1, 0)
+            except (RejectedReply, fedhd.DecodeError, ValueError, TypeError, KeyError) as e:
+                dropped += 1
+                _log_dropped(server_round, msg, e)
+                continue
+            opened.append((order, len(opened), msg, weight, blob, dense, extras))
+        for _, _, msg, weight, blob, dense, extras in sorted(opened, key=lambda o: o[:2]):
+            try:
                 if agg is not None:
                     if blob is not None:
                         if not self._rotated:
@@ -198,10 +209,9 @@ class RoundCompressor:
                         agg.add(blob, weight)  # validates fully before touching the sum
                     else:
                         agg.add_dense(cast(np.ndarray, dense) - st.vector, weight)
-            except (RejectedReply, fedhd.DecodeError, ValueError, TypeError, KeyError) as e:
+            except (RejectedReply, fedhd.DecodeError, ValueError, TypeError) as e:
                 dropped += 1
-                log(WARNING, "fedhd: round %d: dropped the train reply of node %d: %s",
-                    server_round, msg.metadata.src_node_id, e)
+                _log_dropped(server_round, msg, e)
                 continue
             for k, v in extras.items():
                 extras_sum[k] += weight * v
@@ -305,6 +315,11 @@ class RoundCompressor:
             C.METRIC_UPLINK_BYTES_TOTAL: int(sum(sent)),
             C.METRIC_COMPRESSION_RATIO: float(sum(plain) / sum(sent)),
         }
+
+
+def _log_dropped(server_round: int, msg: Message, e: Exception) -> None:
+    log(WARNING, "fedhd: round %d: dropped the train reply of node %d: %s",
+        server_round, msg.metadata.src_node_id, e)
 
 
 def _weight(content: RecordDict, key: str) -> float:

@@ -19,8 +19,11 @@ through unchanged. A precondition that fails (e.g. a reply with two ArrayRecords
 whose keys or shapes differ from the ones received, or a NaN update) gives a Flower error
 reply with ``ErrorCode.MOD_FAILED_PRECONDITION``, never an exception.
 
-Each client's dither seed is ``fedhd.derive_seed(round_seed, node_id)``: independent across
-clients, reproducible, and written in the blob header, so the server needs nothing else.
+Each client's dither seed (``dither_seed``) derives from the round seed and the node's
+``partition-id`` when its node config has one (simulations: the Simulation Engine draws new
+node ids every run, partition ids stay, so runs repeat exactly), else its node id:
+independent across clients and written in the blob header, so the server needs nothing
+else.
 """
 
 from __future__ import annotations
@@ -114,9 +117,24 @@ def is_exact(key: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
 
-def dither_seed(round_seed: int, node_id: int) -> int:
-    """The dither seed of one client in one round."""
-    return fedhd.derive_seed(round_seed, node_id)
+#: Separates partition-derived dither seeds from node-id-derived ones.
+PARTITION_DOMAIN = 0x7061727469746E  # "partitn"
+
+
+def dither_seed(round_seed: int, node_id: int, partition_id: int | None = None) -> int:
+    """The dither seed of one client in one round: from its partition id when it has one
+    (unique per node in simulations and in ``--node-config "partition-id=..."``
+    deployments), else from its node id."""
+    if partition_id is None:
+        return fedhd.derive_seed(round_seed, node_id)
+    return fedhd.derive_seed(round_seed, PARTITION_DOMAIN, partition_id)
+
+
+def node_dither_seed(round_seed: int, msg: Message, context: Context) -> int:
+    """``dither_seed`` for the node that received ``msg``."""
+    pid = context.node_config.get("partition-id")
+    return dither_seed(round_seed, msg.metadata.dst_node_id,
+                       None if pid is None else int(pid))
 
 
 def _error_reply(msg: Message, reason: str) -> Message:
@@ -234,7 +252,7 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     record_key, returned = next(iter(reply.content.array_records.items()))
     try:
         compressed = compress_arrays(
-            received, returned, settings, dither_seed(settings.seed, msg.metadata.dst_node_id)
+            received, returned, settings, node_dither_seed(settings.seed, msg, context)
         )
     except PreconditionError as e:
         return _error_reply(msg, str(e))

@@ -183,6 +183,21 @@ def test_mod_compresses_one_blob_and_keeps_the_rest():
     assert len(blob.data) < 0.3 * D  # ~2 bits per coordinate
 
 
+def test_dither_seed_follows_the_partition_id_when_there_is_one():
+    """Simulations redraw node ids every run; partition ids stay, and so must the dither."""
+    arrays = model(np.random.default_rng(0))
+    seeds = {}
+    for node_id, pid in [(5, 0), (6, 0), (5, 1)]:
+        msg = _instruction(_train_content(arrays, seed=42))
+        ctx = Context(1, node_id, {"partition-id": pid, "num-partitions": 2}, RecordDict(),
+                      {})
+        reply = compression_mod(msg, ctx, _echo_plus())
+        seeds[node_id, pid] = fedhd.header(reply.content["arrays"][C.BLOB_KEY].data).dither_seed
+    assert seeds[5, 0] == seeds[6, 0] == dither_seed(42, 5, 0)
+    assert seeds[5, 1] == dither_seed(42, 6, 1) != seeds[5, 0]
+    assert dither_seed(42, 0) != dither_seed(42, 0, 0)  # the two kinds never coincide
+
+
 @pytest.mark.parametrize("case", ["two-arrayrecords", "keys", "shape", "nan", "method", "bits",
                                   "seed", "stype"])
 def test_mod_failed_precondition_is_an_error_reply(case):
