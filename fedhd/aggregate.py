@@ -98,32 +98,41 @@ class Aggregator:
     def mean(self, out: Any = None) -> Any:
         """The weighted mean of everything added (float32); one inverse HD per chunk.
 
-        A float32 numpy vector; with ``device``, a torch tensor on it (or ``out``, a CUDA
-        float32 vector of length d, filled).
+        Into ``out`` when given (a float32 vector of length d: numpy, or CUDA when the
+        aggregator has a ``device``); else a new numpy vector, or with ``device`` a new
+        torch tensor there.
         """
         if self.count == 0:
             raise ValueError("nothing was added")
-        on_gpu = [k for k in self._rotated if k[2]]
         if self.device is not None and out is None:
             out = gpu().new_torch_vector(self.d, self.device)
-        if len(on_gpu) == 1 and len(self._rotated) == 1 and not self._plain.any():
-            # the usual GPU round: everything in one rotated sum, finished on the device
+        if out is not None and (out.shape != (self.d,) or str(out.dtype).removeprefix(
+                "torch.") != "float32"):
+            raise ValueError(f"out must be a float32 vector of length {self.d}")
+        if [k[2] for k in self._rotated] == [True] and not self._plain.any():
+            # the usual GPU round: one rotated sum, finished on the device
             (seed, log2_chunk, _), acc = next(iter(self._rotated.items()))
-            dev = gpu().view(out)
+            host = isinstance(out, np.ndarray)
+            dev = gpu().empty(self.d, np.float32) if host else gpu().view(out)
             unrotate(gpu().copy(acc), seed, make_layout(self.d, log2_chunk), dev)
             gpu().divide(dev, self.total_weight)
+            if host:
+                dev.copy_to_host(out)
             return out
         total = self._plain.copy()
         buf = np.empty(self.d, np.float32)
-        for (seed, log2_chunk, dev_acc), acc in self._rotated.items():
+        for (seed, log2_chunk, on_gpu), acc in self._rotated.items():
             layout = make_layout(self.d, log2_chunk)
-            if dev_acc:
-                dbuf = gpu().empty(self.d, np.float32)
-                total += unrotate(gpu().copy(acc), seed, layout, dbuf).copy_to_host()
+            if on_gpu:
+                dev = gpu().empty(self.d, np.float32)
+                total += unrotate(gpu().copy(acc), seed, layout, dev).copy_to_host()
             else:
                 total += unrotate(acc.copy(), seed, layout, buf)
         mean = (total / self.total_weight).astype(np.float32)
         if out is None:
             return mean
-        gpu().view(out).copy_to_device(mean)
+        if isinstance(out, np.ndarray):
+            out[:] = mean
+        else:
+            gpu().view(out).copy_to_device(mean)
         return out

@@ -91,11 +91,15 @@ class RoundCompressor:
     exact : sequence of str
         fnmatch patterns of float array keys that travel uncompressed and are averaged as
         FedAvg does (e.g. ``constants.BATCHNORM_STATS``).
+    device : str, optional
+        "cuda" or "cuda:N": sum the blobs of rotated table methods on that GPU
+        (``fedhd.Aggregator(device=...)``); the aggregate comes back to the host.
     """
 
     def __init__(self, method: str = C.DEFAULT_METHOD, bits: float | None = None,
                  seed: int = C.DEFAULT_SEED, log2_chunk: int | None = None,
-                 wire_accounting: bool = True, exact: Sequence[str] = ()):
+                 wire_accounting: bool = True, exact: Sequence[str] = (),
+                 device: str | None = None):
         codec = make_codec(method, bits, log2_chunk)  # validates method, bits, chunk
         self.method = method
         self.bits = codec.bits
@@ -108,6 +112,7 @@ class RoundCompressor:
         if isinstance(exact, str) or not all(isinstance(p, str) for p in exact):
             raise TypeError(f"exact must be a sequence of str patterns, got {exact!r}")
         self.exact = tuple(exact)
+        self.device = device
         self._round: RoundState | None = None
 
     # -- configure ------------------------------------------------------------------------
@@ -175,8 +180,8 @@ class RoundCompressor:
             log(INFO, "\t> Received error in reply from node %d: %s",
                 m.metadata.src_node_id, m.error.reason)
 
-        agg = (fedhd.Aggregator(st.d, seed=st.seed, method=self.method, bits=self.bits)
-               if st.d > 0 else None)
+        agg = (fedhd.Aggregator(st.d, seed=st.seed, method=self.method, bits=self.bits,
+                                device=self.device) if st.d > 0 else None)
         extras_sum = {k: np.zeros(a.shape, np.float64)
                       for k, a in st.arrays.items() if k not in st.offsets}
         accepted: list[Message] = []
@@ -184,7 +189,8 @@ class RoundCompressor:
         blob_bits: list[float] = []
         total_weight = 0.0
         dropped = 0
-        opened = []
+        opened: list[tuple[tuple[int, int], int, Message, float, bytes | None,
+                           np.ndarray | None, dict[str, np.ndarray]]] = []
         for msg in with_content:
             try:
                 weight = _weight(msg.content, weighted_by_key)
@@ -238,7 +244,8 @@ class RoundCompressor:
             return RoundOutcome(None, None, fedhd_metrics, [], 0.0)
 
         # global + weighted mean update, every array in its own dtype and the global order
-        new_vector = st.vector if agg is None else st.vector + agg.mean()
+        new_vector = (st.vector if agg is None
+                      else st.vector + agg.mean(out=np.empty(st.d, np.float32)))
         out = ArrayRecord()
         for key, old in st.arrays.items():
             if key in st.offsets:

@@ -48,6 +48,9 @@ class CompressedFedAvg(FedAvg):
         does. Use ``strategies.constants.BATCHNORM_STATS`` for models with BatchNorm: the
         compression noise is spread evenly over a chunk, so a small running variance can
         turn negative after a noisy round.
+    device : str, optional
+        "cuda" or "cuda:N": decode-after-sum on that GPU (rotated table methods such as
+        hd-dither and eden; the others, hd-dither-ec included, sum on the host).
     **fedavg_kwargs
         Any ``flwr.serverapp.strategy.FedAvg`` argument (fraction_train,
         fraction_evaluate, min_train_nodes, weighted_by_key, ...).
@@ -69,10 +72,12 @@ class CompressedFedAvg(FedAvg):
         log2_chunk: int | None = None,
         wire_accounting: bool = True,
         exact: Sequence[str] = (),
+        device: str | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(**fedavg_kwargs)
-        self.compressor = RoundCompressor(method, bits, seed, log2_chunk, wire_accounting, exact)
+        self.compressor = RoundCompressor(method, bits, seed, log2_chunk, wire_accounting, exact,
+                                          device)
 
     @property
     def method(self) -> str:

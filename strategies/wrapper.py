@@ -34,7 +34,7 @@ class CompressedStrategy(Strategy):
         The inner strategy, e.g. ``FedAdam(...)``, ``FedAvgM(...)``, ``FedProx(...)``.
         Its ``arrayrecord_key``, ``configrecord_key``, ``weighted_by_key`` and
         ``train_metrics_aggr_fn`` (FedAvg's attributes) are used when present.
-    method, bits, seed, log2_chunk, wire_accounting, exact
+    method, bits, seed, log2_chunk, wire_accounting, exact, device
         As for ``CompressedFedAvg``.
 
     Examples
@@ -53,10 +53,12 @@ class CompressedStrategy(Strategy):
         log2_chunk: int | None = None,
         wire_accounting: bool = True,
         exact: Sequence[str] = (),
+        device: str | None = None,
     ) -> None:
         super().__init__()
         self.strategy = strategy
-        self.compressor = RoundCompressor(method, bits, seed, log2_chunk, wire_accounting, exact)
+        self.compressor = RoundCompressor(method, bits, seed, log2_chunk, wire_accounting, exact,
+                                          device)
 
     # keys of the inner strategy, with FedAvg's defaults
     @property

@@ -335,6 +335,35 @@ def _corrupt(kind: str, reply: Message, round_seed: int) -> Message:
     return reply
 
 
+def test_gpu_aggregation_equals_host_aggregation(monkeypatch):
+    """``device="cuda"``: the decode-after-sum runs on the GPU (numba's simulator without
+    one) and gives the host's aggregate."""
+    import warnings
+
+    from fedhd import gpu
+    from fedhd.cuda_kernels import MAX_LOG2_CHUNK
+
+    calls = []
+    lookup = gpu.lookup_rotated
+    monkeypatch.setattr(gpu, "lookup_rotated", lambda *a: calls.append(1) or lookup(*a))
+
+    g = {"w": np.zeros((20, 30), np.float32), "b": np.ones(30, np.float32)}
+    rng = np.random.default_rng(4)
+    ups = [{k: (0.01 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in g.items()}
+           for _ in range(3)]
+    trainer = trainer_from(ups, weights=[10, 20, 30])
+    lc = min(9, MAX_LOG2_CHUNK)
+    with warnings.catch_warnings():  # the simulator's uint64 arithmetic warns on wrap
+        warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+        on_gpu, _, _, _ = run_round(CompressedFedAvg("hd-dither", 2, 3, log2_chunk=lc,
+                                                     device="cuda"), g, trainer, 3)
+    on_host, _, _, _ = run_round(CompressedFedAvg("hd-dither", 2, 3, log2_chunk=lc), g,
+                                 trainer, 3)
+    assert len(calls) == 3  # every client's blob was summed on the device
+    for k in g:
+        np.testing.assert_allclose(on_gpu[k].numpy(), on_host[k].numpy(), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "flipped", "wrong-seed",
                                   "wrong-length", "nan-scale", "nan-payload", "wrong-bits",
                                   "no-weight",
