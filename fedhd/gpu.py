@@ -89,8 +89,14 @@ def empty(n: int, dtype: Any) -> Any:
 
 
 def zeros(n: int, dtype: Any) -> Any:
-    a = empty(n, dtype)
-    a.copy_to_device(np.zeros(n, dtype))
+    return upload(np.zeros(n, dtype))
+
+
+def upload(host: np.ndarray) -> Any:
+    """A device copy of a host array (from the same allocator as ``empty``)."""
+    host = np.ascontiguousarray(host)
+    a = empty(host.size, host.dtype).reshape(host.shape)
+    a.copy_to_device(host)
     return a
 
 
@@ -110,7 +116,7 @@ def new_torch_vector(d: int, device: Any) -> Any:
 
 def copy(a: Any) -> Any:
     """A device copy of a numba device array."""
-    b = cuda.device_array(a.shape[0], a.dtype)
+    b = empty(a.shape[0], a.dtype)
     b.copy_to_device(a)
     return b
 
@@ -196,9 +202,9 @@ def encode_kernels(xv: Any, layout: Layout, keys: Any, thr_norm: Any, clip: floa
     norms, column-block clip sums); nothing is copied to the host."""
     p = plan(layout)
     y = empty(layout.padded, np.float32)
-    sb_ss = cuda.device_array(p.subblocks, np.float64)
-    scale = cuda.device_array(layout.chunks, np.float32)
-    cb_clip = cuda.device_array(p.column_blocks, np.float64)
+    sb_ss = empty(p.subblocks, np.float64)
+    scale = empty(layout.chunks, np.float32)
+    cb_clip = empty(p.column_blocks, np.float64)
     CK.forward_subblocks[p.subblocks, CK.TPB](
         xv, layout.d, y, p.sb_start, p.sb_len, p.sb_chunk, p.ch_start, keys, sb_ss)
     CK.quantize_columns[p.column_blocks, CK.TPB](
@@ -220,8 +226,7 @@ def rotate_quantize(xv: Any, layout: Layout, keys: np.ndarray, thr_norm: np.ndar
     """
     codes = empty(out.shape[0], np.uint8)
     sb_ss, scale, cb_clip = encode_kernels(
-        xv, layout, cuda.to_device(keys), cuda.to_device(np.ascontiguousarray(thr_norm)),
-        clip, bits, cuda.to_device(code_off), codes)
+        xv, layout, upload(keys), upload(thr_norm), clip, bits, upload(code_off), codes)
     codes.copy_to_host(out)
     if not np.isfinite(sb_ss.copy_to_host()).all():
         raise ValueError("x contains NaN or Inf")
@@ -253,15 +258,14 @@ def _inverse(p: Plan, layout: Layout, y: Any, keys: Any, out: Any) -> None:
 
 def _upload(codes: np.ndarray, tables: np.ndarray,
             code_off: np.ndarray) -> tuple[Any, Any, Any]:
-    return (cuda.to_device(codes), cuda.to_device(code_off),
-            cuda.to_device(np.ascontiguousarray(tables, np.float32)))
+    return upload(codes), upload(code_off), upload(np.asarray(tables, np.float32))
 
 
 def dequantize_unrotate(codes: np.ndarray, layout: Layout, keys: np.ndarray,
                         tables: np.ndarray, bits: int, code_off: np.ndarray, out: Any) -> None:
     """Decode one blob's codes into the CUDA vector ``out`` (length d)."""
     c, off, t = _upload(codes, tables, code_off)
-    decode_kernels(c, off, t, bits, layout, cuda.to_device(keys), out)
+    decode_kernels(c, off, t, bits, layout, upload(keys), out)
 
 
 def lookup_rotated(codes: np.ndarray, layout: Layout, tables: np.ndarray, bits: int,
@@ -274,7 +278,7 @@ def unrotate(acc: Any, layout: Layout, keys: np.ndarray, out: Any) -> None:
     """out[:d] = D H acc per chunk, on the GPU (acc is overwritten)."""
     p = plan(layout)
     _lookup(p, *_no_codes(), 1, 1.0, CK.TRANSFORM, acc)
-    _inverse(p, layout, acc, cuda.to_device(keys), out)
+    _inverse(p, layout, acc, upload(keys), out)
 
 
 @lru_cache(maxsize=1)
