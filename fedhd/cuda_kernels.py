@@ -39,6 +39,9 @@ MAX_ROWS = 16
 MAX_LOG2_CHUNK = LOG2_SUB + 4  # chunks up to MAX_ROWS * SUB = 2**16 coordinates
 WORDS = SUB // 64  # sign words per sub-block
 ROW_WORDS = (TPB + 127) // 64  # sign words a column block needs per row
+# shared-array sizes must be plain constants
+CODES_SH = MAX_ROWS * TPB
+WORDS_SH = MAX_ROWS * ROW_WORDS
 
 #: ``columns`` modes
 DECODE, ACCUMULATE, TRANSFORM = 0, 1, 2
@@ -150,7 +153,7 @@ def quantize_columns(y, cb_chunk, cb_col0, cb_ncols, ch_start, ch_width, ch_rows
     sum_i y_i clamp(y_i, -clip s_c, clip s_c) (float64).
     """
     thr = cuda.shared.array(256, np.float32)
-    code_sh = cuda.shared.array(MAX_ROWS * TPB, np.uint8)
+    code_sh = cuda.shared.array(CODES_SH, np.uint8)
     red = cuda.shared.array(TPB, np.float64)
     s_sh = cuda.shared.array(1, np.float32)
     blk = cuda.blockIdx.x
@@ -253,7 +256,7 @@ def inverse_columns(y, d, out, cb_chunk, cb_col0, cb_ncols, ch_start, ch_width, 
                     keys):
     """out = D H_rows y down the columns, real coordinates (< d) only: the second half of
     ``kernels.dequantize_unrotate`` / ``kernels.unrotate``."""
-    words = cuda.shared.array(MAX_ROWS * ROW_WORDS, np.uint64)
+    words = cuda.shared.array(WORDS_SH, np.uint64)
     blk = cuda.blockIdx.x
     t = cuda.threadIdx.x
     c = cb_chunk[blk]

@@ -188,8 +188,9 @@ def plan(layout: Layout) -> Plan:
 
 
 def _device_id() -> int:
-    get = getattr(cuda, "get_current_device", None)  # the simulator has one device
-    return 0 if get is None else int(get().id)
+    """The current CUDA device's number (0 in numba's simulator, which has one device)."""
+    get = getattr(cuda, "get_current_device", None)
+    return 0 if get is None else int(getattr(get(), "id", 0))
 
 
 # --- drivers ---------------------------------------------------------------------------------

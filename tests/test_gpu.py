@@ -203,6 +203,28 @@ print("ok")
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
+def test_kernels_compile_for_hopper():
+    """numba-cuda's real target type-checks and compiles every kernel for sm_90 (the
+    simulator checks no types: it once passed a shared array whose size was not a
+    constant), and ptxas assembles it with no register spills and <= 64 registers per
+    thread, so a 256-thread block takes at most a quarter of an SM's 64K registers."""
+    from importlib.util import find_spec
+
+    if find_spec("numba_cuda") is None or find_spec("nvidia.cuda_nvcc") is None:
+        pytest.skip('needs numba-cuda with NVVM and ptxas: pip install "numba-cuda[cu12]"')
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("FEDHD_CUDA_", "NUMBA_ENABLE_CUDASIM"))}
+    script = os.path.join(os.path.dirname(__file__), "compile_cuda_kernels.py")
+    r = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {name: tuple(map(int, rest)) for name, *rest in map(str.split, r.stdout.splitlines())}
+    assert set(rows) == {"forward_subblocks", "quantize_columns", "lookup_subblocks",
+                         "inverse_columns", "divide"}
+    for name, (regs, spill, _smem) in rows.items():
+        assert spill == 0 and regs <= 64, (name, regs, spill)
+
+
 def test_torch_fwht_baseline_is_the_hadamard_transform():
     """The benchmark's torch butterfly baseline computes H x per chunk (Sylvester order)."""
     torch = pytest.importorskip("torch")
