@@ -61,51 +61,55 @@ def torch_fwht(x, log2_chunk: int):
     return y.reshape(-1)
 
 
+def device_name() -> str:
+    from numba import cuda
+
+    get = getattr(cuda, "get_current_device", None)
+    name = getattr(get(), "name", "numba CUDA simulator") if get else "numba CUDA simulator"
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def bench_gpu(d: int, bits: int, repeat: int, check_cpu: bool) -> dict[str, object]:
-    import torch
+    """One row of the table. Runs in numba's CUDA simulator too (tests: a smoke run, no
+    timing meaning); the torch baseline needs torch with CUDA and is NaN without it."""
     from numba import cuda
 
     from .. import gpu
+    from ..cuda_kernels import MAX_LOG2_CHUNK
 
-    sync = torch.cuda.synchronize
-    g = np.random.default_rng(0)
-    x_host = g.standard_normal(d).astype(np.float32)
-    x = torch.from_numpy(x_host).cuda()
-    dst = torch.empty_like(x)
-    t_copy = best_time(lambda: dst.copy_(x), repeat, sync)
+    sync = cuda.synchronize
+    lc = min(DEFAULT_LOG2_CHUNK, MAX_LOG2_CHUNK)
+    x_host = np.random.default_rng(0).standard_normal(d).astype(np.float32)
+    x = gpu.upload(x_host)
+    dst = gpu.empty(d, np.float32)
+    t_copy = best_time(lambda: dst.copy_to_device(x), repeat, sync)
 
-    blob = encode(x, bits=bits, seed=1)
-    t_enc = best_time(lambda: encode(x, bits=bits, seed=1), repeat, sync)
+    blob = encode(x, bits=bits, seed=1, log2_chunk=lc)
+    t_enc = best_time(lambda: encode(x, bits=bits, seed=1, log2_chunk=lc), repeat, sync)
     method = HD_DITHER
     h, layout, payload = method.open(memoryview(blob))
     C = layout.chunks
-    xv = cuda.as_cuda_array(x)
-    keys = cuda.to_device(rng.sign_keys(1, C))
-    thr = cuda.to_device(grid(bits).thresholds(rng.dithers(1, C)))
-    off = cuda.to_device(code_offsets(layout, bits, 4 * C))
+    keys = gpu.upload(rng.sign_keys(1, C))
+    thr = gpu.upload(grid(bits).thresholds(rng.dithers(1, C)))
+    off = gpu.upload(code_offsets(layout, bits, 4 * C))
     codes = gpu.empty(len(payload), np.uint8)
-    t_enc_k = best_time(lambda: gpu.encode_kernels(xv, layout, keys, thr, grid(bits).clip,
+    t_enc_k = best_time(lambda: gpu.encode_kernels(x, layout, keys, thr, grid(bits).clip,
                                                    bits, off, codes), repeat, sync)
-    tables = cuda.to_device(method.tables(payload, h, layout))
-    dev_codes = cuda.to_device(np.frombuffer(payload, np.uint8))
-    out = torch.empty_like(x)
-    outv = cuda.as_cuda_array(out)
+    tables = gpu.upload(method.tables(payload, h, layout))
+    dev_codes = gpu.upload(np.frombuffer(payload, np.uint8))
+    out = gpu.empty(d, np.float32)
     t_dec_k = best_time(lambda: gpu.decode_kernels(dev_codes, off, tables, bits, layout, keys,
-                                                   outv), repeat, sync)
+                                                   out), repeat, sync)
     t_dec = best_time(lambda: decode(blob, out=out), repeat, sync)
-
-    padded = torch.zeros(-(-d // (1 << DEFAULT_LOG2_CHUNK)) << DEFAULT_LOG2_CHUNK,
-                         device="cuda")
-    padded[:d] = x
-    t_fwht = best_time(lambda: torch_fwht(padded, DEFAULT_LOG2_CHUNK), repeat, sync)
+    t_fwht = torch_fwht_time(x_host, lc, repeat)
 
     diff = float("nan")
     if check_cpu:
-        cpu = np.frombuffer(encode(x_host, bits=bits, seed=1), np.uint8)[HEADER_BYTES:]
-        diff = float((cpu != np.frombuffer(blob, np.uint8)[HEADER_BYTES:]).mean())
+        cpu = np.frombuffer(encode(x_host, bits=bits, seed=1, log2_chunk=lc), np.uint8)
+        diff = float((cpu[HEADER_BYTES:] != np.frombuffer(blob, np.uint8)[HEADER_BYTES:]).mean())
     ms = 1e3
-    return {"device": torch.cuda.get_device_name(), "method": "hd-dither", "bits": bits,
-            "d": d, "copy_ms": ms * t_copy, "encode_kernels_ms": ms * t_enc_k,
+    return {"device": device_name(), "method": "hd-dither", "bits": bits, "d": d,
+            "log2_chunk": lc, "copy_ms": ms * t_copy, "encode_kernels_ms": ms * t_enc_k,
             "decode_kernels_ms": ms * t_dec_k, "encode_ms": ms * t_enc, "decode_ms": ms * t_dec,
             "torch_fwht_ms": ms * t_fwht, "encode_kernels_over_copy": t_enc_k / t_copy,
             "decode_kernels_over_copy": t_dec_k / t_copy, "encode_over_copy": t_enc / t_copy,
@@ -113,14 +117,28 @@ def bench_gpu(d: int, bits: int, repeat: int, check_cpu: bool) -> dict[str, obje
             "payload_bytes_differing_from_cpu": diff}
 
 
-def run(dims: list[int], bits: int, repeat: int, check_cpu: bool) -> list[dict[str, object]]:
-    import torch
-
+def torch_fwht_time(x_host: np.ndarray, log2_chunk: int, repeat: int) -> float:
+    """Best time of ``torch_fwht`` on the zero-padded vector on torch's CUDA device (NaN
+    without torch or CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return float("nan")
     if not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device")
-    print(f"# {torch.cuda.get_device_name()}: hd-dither b={bits}, ratios to a "
-          "device-to-device copy of the same float32 vector (best of "
-          f"{repeat})")
+        return float("nan")
+    n = 1 << log2_chunk
+    padded = torch.zeros(-(-x_host.shape[0] // n) * n, device="cuda")
+    padded[: x_host.shape[0]] = torch.from_numpy(x_host)
+    return best_time(lambda: torch_fwht(padded, log2_chunk), repeat, torch.cuda.synchronize)
+
+
+def run(dims: list[int], bits: int, repeat: int, check_cpu: bool) -> list[dict[str, object]]:
+    from numba import cuda
+
+    if not cuda.is_available():
+        raise SystemExit("--device cuda: numba sees no CUDA device")
+    print(f"# {device_name()}: hd-dither b={bits}, ratios to a device-to-device copy of the "
+          f"same float32 vector (best of {repeat})")
     print(f"{'d':>10}{'copy ms':>9}{'enc kern':>10}{'dec kern':>10}{'encode':>9}"
           f"{'decode':>9}{'torch fwht':>12}{'diff':>10}")
     rows = []
