@@ -43,7 +43,7 @@ ROW_WORDS = (TPB + 127) // 64  # sign words a column block needs per row
 CODES_SH = MAX_ROWS * TPB
 WORDS_SH = MAX_ROWS * ROW_WORDS
 
-#: ``columns`` modes
+#: ``lookup_subblocks`` modes
 DECODE, ACCUMULATE, TRANSFORM = 0, 1, 2
 
 
