@@ -131,10 +131,13 @@ def dither_seed(round_seed: int, node_id: int, partition_id: int | None = None) 
 
 
 def node_dither_seed(round_seed: int, msg: Message, context: Context) -> int:
-    """``dither_seed`` for the node that received ``msg``."""
-    pid = context.node_config.get("partition-id")
-    return dither_seed(round_seed, msg.metadata.dst_node_id,
-                       None if pid is None else int(pid))
+    """``dither_seed`` for the node that received ``msg`` (its node id when the
+    partition id is missing or not an integer)."""
+    try:
+        pid: int | None = int(context.node_config["partition-id"])
+    except (KeyError, TypeError, ValueError):
+        pid = None
+    return dither_seed(round_seed, msg.metadata.dst_node_id, pid)
 
 
 def _error_reply(msg: Message, reason: str) -> Message:
