@@ -8,6 +8,7 @@ sum_k w_k D H r_k = D H (sum_k w_k r_k). Other methods are decoded and added dir
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -74,10 +75,11 @@ class Aggregator:
             key = (h.seed, h.log2_chunk, on_gpu)
             acc = self._rotated.get(key)
             fresh = acc is None
-            if acc is None:
-                acc = (gpu().zeros(layout.padded, np.float32) if on_gpu
-                       else np.zeros(layout.padded, np.float32))
-            method.accumulate_rotated(payload, h, layout, acc, weight)
+            with self._on_device():
+                if acc is None:
+                    acc = (gpu().zeros(layout.padded, np.float32) if on_gpu
+                           else np.zeros(layout.padded, np.float32))
+                method.accumulate_rotated(payload, h, layout, acc, weight)
             if fresh:
                 self._rotated[key] = acc
         else:
@@ -104,6 +106,15 @@ class Aggregator:
         """
         if self.count == 0:
             raise ValueError("nothing was added")
+        with self._on_device():
+            return self._mean(out)
+
+    def _on_device(self) -> Any:
+        """A context that makes the aggregator's GPU current (nothing without one)."""
+        return nullcontext() if self.device is None else gpu().on_device(
+            gpu().parse_device(self.device))
+
+    def _mean(self, out: Any) -> Any:
         if self.device is not None and out is None:
             out = gpu().new_torch_vector(self.d, self.device)
         if out is not None and (out.shape != (self.d,) or str(out.dtype).removeprefix(

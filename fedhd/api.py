@@ -50,15 +50,6 @@ def is_cuda_array(x: Any) -> bool:
     return hasattr(x, "__cuda_array_interface__") or type(x).__module__.startswith("numba.cuda")
 
 
-def _vector(x: Any) -> Any:
-    """``as_vector`` for host arrays, ``fedhd.gpu.as_device_vector`` for CUDA ones."""
-    if is_cuda_array(x):
-        from . import gpu
-
-        return gpu.as_device_vector(x)
-    return as_vector(x)
-
-
 def methods() -> list[str]:
     """Names of the registered compression methods."""
     return registry.names()
@@ -95,7 +86,13 @@ class Codec:
         ``seed``) fixes the dither (give each client its own)."""
         seed = check_seed(seed)
         dither_seed = seed if dither_seed is None else check_seed(dither_seed, "dither_seed")
-        return self.method.encode(_vector(x), self.bits, seed, dither_seed, self.log2_chunk)
+        if is_cuda_array(x):
+            from . import gpu
+
+            with gpu.on_device(gpu.device_index(x)):
+                return self.method.encode(gpu.as_device_vector(x), self.bits, seed,
+                                          dither_seed, self.log2_chunk)
+        return self.method.encode(as_vector(x), self.bits, seed, dither_seed, self.log2_chunk)
 
     def decode(self, blob: Any, out: Any = None, device: Any = None) -> Any:
         """Decode a blob of this codec's method; see ``fedhd.decode``."""

@@ -17,6 +17,8 @@ default streams.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -34,6 +36,42 @@ def library(x: Any) -> str:
     """'torch', 'cupy' or 'numba': whose CUDA array x is."""
     mod = type(x).__module__
     return "torch" if mod.startswith("torch") else "cupy" if mod.startswith("cupy") else "numba"
+
+
+def device_index(x: Any) -> int | None:
+    """The GPU a torch or CuPy array lives on (None: the current one)."""
+    lib = library(x)
+    if lib == "torch":
+        return x.device.index
+    if lib == "cupy":
+        return int(x.device.id)
+    return None
+
+
+def parse_device(device: Any) -> int | None:
+    """The index in "cuda:N" or a torch.device (None for plain "cuda")."""
+    if not isinstance(device, str):
+        return getattr(device, "index", None)
+    _, _, number = device.partition(":")
+    return int(number) if number else None
+
+
+@contextmanager
+def on_device(index: int | None) -> Iterator[None]:
+    """Make GPU ``index`` current inside the block, for numba's kernels and for the torch
+    and CuPy allocators that ``empty`` uses (nothing changes for None)."""
+    if index is None:
+        yield
+        return
+    with ExitStack() as stack:
+        stack.enter_context(cuda.gpus[index])
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            stack.enter_context(torch.cuda.device(index))
+        cupy = sys.modules.get("cupy")
+        if cupy is not None:
+            stack.enter_context(cupy.cuda.Device(index))
+        yield
 
 
 def view(x: Any) -> Any:

@@ -155,6 +155,21 @@ def test_gpu_aggregator_matches_cpu():
                                atol=1e-6 * scale)
 
 
+def test_device_selection():
+    """"cuda:N" picks GPU N for the kernels and the allocators (the simulator has one)."""
+    from fedhd import gpu
+
+    assert gpu.parse_device("cuda") is None and gpu.parse_device("cuda:1") == 1
+    d, log2_chunk = _chunk_layout()
+    x = _vector(d, 12)
+    blob = fedhd.encode(x, bits=2, seed=1, log2_chunk=log2_chunk)
+    agg = fedhd.Aggregator(d, device="cuda:0")
+    agg.add(blob, weight=2.0)
+    host = np.empty(d, np.float32)
+    assert agg.mean(out=host) is host  # a host buffer: summed on the GPU, copied back
+    np.testing.assert_allclose(host, fedhd.decode(blob), rtol=0, atol=1e-6 * np.abs(x).max())
+
+
 def test_bad_device_input_is_refused():
     with pytest.raises(ValueError, match="NaN or Inf"):
         fedhd.encode(cuda.to_device(np.array([1.0, np.nan] * 50, np.float32)), bits=2)

@@ -122,15 +122,16 @@ class Method:
                 out = np.empty(h.d, np.float32)
             self.decode_payload(payload, h, layout, out)
             return out
-        dev = gpu().view(out)
-        if dev.shape != (h.d,) or dev.dtype != np.float32:
-            raise ValueError(f"out must be a float32 CUDA vector of length {h.d}")
-        if self.gpu_decode and gpu().supported(layout):
-            self.decode_payload(payload, h, layout, dev)
-        else:
-            host = np.empty(h.d, np.float32)
-            self.decode_payload(payload, h, layout, host)
-            dev.copy_to_device(host)
+        with gpu().on_device(gpu().device_index(out)):
+            dev = gpu().view(out)
+            if dev.shape != (h.d,) or dev.dtype != np.float32:
+                raise ValueError(f"out must be a float32 CUDA vector of length {h.d}")
+            if self.gpu_decode and gpu().supported(layout):
+                self.decode_payload(payload, h, layout, dev)
+            else:
+                host = np.empty(h.d, np.float32)
+                self.decode_payload(payload, h, layout, host)
+                dev.copy_to_device(host)
         return out
 
 
