@@ -194,8 +194,9 @@ class Plan:
 
 
 def supported(layout: Layout) -> bool:
-    """Whether the CUDA kernels handle this layout (chunks up to 2**16 coordinates)."""
-    return layout.log2_chunk <= CK.MAX_LOG2_CHUNK
+    """Whether the CUDA kernels handle this layout: its longest chunk (the first) has at
+    most 2**16 coordinates."""
+    return int(layout.sizes[0]) <= 1 << CK.MAX_LOG2_CHUNK
 
 
 @lru_cache(maxsize=32)

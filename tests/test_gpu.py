@@ -121,13 +121,32 @@ def test_methods_without_kernels_take_host_copies(method):
 
 
 def test_long_chunks_take_the_host_kernels():
+    from fedhd import gpu
     from fedhd.cuda_kernels import MAX_LOG2_CHUNK
+    from fedhd.layout import make_layout
 
-    x = _vector(3000, 3)
     lc = MAX_LOG2_CHUNK + 1
+    d = (1 << lc) + 100
+    assert not gpu.supported(make_layout(d, lc))
+    x = _vector(d, 3)
     blob = fedhd.encode(cuda.to_device(x), bits=3, seed=2, log2_chunk=lc)
     assert blob == fedhd.encode(x, bits=3, seed=2, log2_chunk=lc)
-    out = cuda.device_array(3000, np.float32)
+    out = cuda.device_array(d, np.float32)
+    np.testing.assert_array_equal(fedhd.decode(blob, out=out).copy_to_host(),
+                                  fedhd.decode(blob))
+
+
+@pytest.mark.parametrize("d", [1, 33, 100])
+def test_tiny_vectors_on_the_gpu(d):
+    """Vectors shorter than a sub-block: one padded 32-chunk and binary tails."""
+    from fedhd import gpu
+    from fedhd.layout import make_layout
+
+    assert gpu.supported(make_layout(d, 16))  # the longest chunk decides, not log2_chunk
+    x = _vector(d, 9)
+    blob = fedhd.encode(cuda.to_device(x), bits=3, seed=6)
+    assert blob == fedhd.encode(x, bits=3, seed=6)
+    out = cuda.device_array(d, np.float32)
     np.testing.assert_array_equal(fedhd.decode(blob, out=out).copy_to_host(),
                                   fedhd.decode(blob))
 
