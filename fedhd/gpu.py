@@ -113,9 +113,15 @@ def as_device_vector(x: Any) -> Any:
     return view(x)
 
 
+#: dtypes every torch and CuPy version exports through ``__cuda_array_interface__``
+_POOLED = {"float32", "float64", "int64", "uint8"}
+
+
 def empty(n: int, dtype: Any) -> Any:
     """An uninitialized device array (a numba view). When torch or CuPy is loaded with a
     GPU, their caching allocators serve it, so a work buffer per call costs no cudaMalloc."""
+    if np.dtype(dtype).name not in _POOLED:
+        return cuda.device_array(n, dtype)
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         t = torch.empty(n, dtype=getattr(torch, np.dtype(dtype).name), device="cuda")
