@@ -75,7 +75,7 @@ class Aggregator:
             key = (h.seed, h.log2_chunk, on_gpu)
             acc = self._rotated.get(key)
             fresh = acc is None
-            with self._on_device():
+            with self._gpu_call():
                 if acc is None:
                     acc = (gpu().zeros(layout.padded, np.float32) if on_gpu
                            else np.zeros(layout.padded, np.float32))
@@ -106,12 +106,12 @@ class Aggregator:
         """
         if self.count == 0:
             raise ValueError("nothing was added")
-        with self._on_device():
+        with self._gpu_call():
             return self._mean(out)
 
-    def _on_device(self) -> Any:
-        """A context that makes the aggregator's GPU current (nothing without one)."""
-        return nullcontext() if self.device is None else gpu().on_device(
+    def _gpu_call(self) -> Any:
+        """``fedhd.gpu.call`` on the aggregator's GPU (nothing without one)."""
+        return nullcontext() if self.device is None else gpu().call(
             gpu().parse_device(self.device))
 
     def _mean(self, out: Any) -> Any:
@@ -120,6 +120,10 @@ class Aggregator:
         if out is not None and (out.shape != (self.d,) or str(out.dtype).removeprefix(
                 "torch.") != "float32"):
             raise ValueError(f"out must be a float32 vector of length {self.d}")
+        if out is not None and not isinstance(out, np.ndarray) and self.device is not None:
+            here, there = gpu().parse_device(self.device), gpu().device_index(out)
+            if None not in (here, there) and here != there:
+                raise ValueError(f"out is on cuda:{there}, the aggregator on cuda:{here}")
         if [k[2] for k in self._rotated] == [True] and not self._plain.any():
             # the usual GPU round: one rotated sum, finished on the device
             (seed, log2_chunk, _), acc = next(iter(self._rotated.items()))

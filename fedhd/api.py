@@ -89,7 +89,7 @@ class Codec:
         if is_cuda_array(x):
             from . import gpu
 
-            with gpu.on_device(gpu.device_index(x)):
+            with gpu.call(gpu.device_index(x)):
                 return self.method.encode(gpu.as_device_vector(x), self.bits, seed,
                                           dither_seed, self.log2_chunk)
         return self.method.encode(as_vector(x), self.bits, seed, dither_seed, self.log2_chunk)

@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 from numba import cuda
+from numba.core import config
 
 from .rng import GAMMA, MUL1, MUL2
 
@@ -54,6 +55,23 @@ def splitmix(state, i):
     z = (z ^ (z >> np.uint64(30))) * np.uint64(MUL1)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(MUL2)
     return z ^ (z >> np.uint64(31))
+
+
+if getattr(config, "ENABLE_CUDASIM", False):
+
+    @cuda.jit(device=True)
+    def add_product(y, w, v):
+        """y + w v, each operation rounded (the simulator's numpy float32 never fuses)."""
+        return y + w * v
+
+else:
+    from numba.cuda import libdevice
+
+    @cuda.jit(device=True)
+    def add_product(y, w, v):
+        """y + w v with the product rounded before the sum, as on the CPU: NVVM would fuse
+        them into one fma, rounded once."""
+        return libdevice.fadd_rn(y, libdevice.fmul_rn(w, v))
 
 
 @cuda.jit(device=True)
@@ -240,7 +258,7 @@ def lookup_subblocks(codes, code_off, tables, bits, weight, mode, sb_start, sb_l
             word |= np.int64(codes[p + 1]) << 8
         v = tables[c, (word >> (bit & 7)) & mask]
         if mode == ACCUMULATE:
-            y[start + i] += weight * v
+            y[start + i] = add_product(y[start + i], weight, v)
         else:
             sh[i] = v
     if mode == ACCUMULATE:

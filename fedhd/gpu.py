@@ -10,8 +10,9 @@ eden, turboquant, hd-sr) decodes and sums there; the other methods, and chunks l
 
 Blobs are host bytes (they go on the wire), so an encode ends with one device-to-host
 copy of the codes (b * d / 8 bytes) and a decode starts with one host-to-device copy.
-Kernels run on the legacy default stream, which orders them with torch's and CuPy's
-default streams.
+Kernels and copies run on the legacy default stream; every public call is wrapped in
+``call``, which waits for the caller's current torch/CuPy stream on entry and for its own
+work on exit, so it is safe from any stream.
 """
 
 from __future__ import annotations
@@ -57,28 +58,46 @@ def parse_device(device: Any) -> int | None:
 
 
 @contextmanager
-def on_device(index: int | None) -> Iterator[None]:
-    """Make GPU ``index`` current inside the block, for numba's kernels and for the torch
-    and CuPy allocators that ``empty`` uses (nothing changes for None)."""
-    if index is None:
-        yield
-        return
+def call(index: int | None = None) -> Iterator[None]:
+    """One fedhd GPU call (encode, decode, an aggregator's add or mean).
+
+    Makes GPU ``index`` current for numba's kernels and for the torch and CuPy allocators
+    that ``empty`` uses (None: keep the current one); waits for the work queued on torch's
+    and CuPy's current streams (whatever produced the inputs, on any stream), and on the
+    way out for fedhd's own kernels and copies, which run on the legacy default stream.
+    So callers see finished results whatever stream they use, work buffers are never
+    recycled while a kernel still reads them, and a kernel fault surfaces in the call that
+    caused it.
+    """
+    torch = sys.modules.get("torch")
+    torch = torch if torch is not None and torch.cuda.is_available() else None
+    cupy = sys.modules.get("cupy")
     with ExitStack() as stack:
-        stack.enter_context(cuda.gpus[index])
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            stack.enter_context(torch.cuda.device(index))
-        cupy = sys.modules.get("cupy")
+        if index is not None:
+            stack.enter_context(cuda.gpus[index])
+            if torch is not None:
+                stack.enter_context(torch.cuda.device(index))
+            if cupy is not None:
+                stack.enter_context(cupy.cuda.Device(index))
+        if torch is not None:
+            torch.cuda.current_stream().synchronize()
         if cupy is not None:
-            stack.enter_context(cupy.cuda.Device(index))
-        yield
+            cupy.cuda.get_current_stream().synchronize()
+        try:
+            yield
+        finally:
+            cuda.synchronize()
 
 
 def view(x: Any) -> Any:
-    """A zero-copy numba device-array view of a CUDA array."""
+    """A zero-copy numba device-array view of a CUDA array, bound to no stream: its copies
+    run on the legacy default stream with the kernels (``call`` orders them with the
+    caller's streams)."""
     if type(x).__module__.startswith("numba.cuda"):
         return x
-    return cuda.as_cuda_array(x)
+    desc = dict(x.__cuda_array_interface__)
+    desc.pop("stream", None)
+    return cuda.from_cuda_array_interface(desc, owner=x, sync=False)
 
 
 def as_device_vector(x: Any) -> Any:
@@ -103,11 +122,17 @@ def as_device_vector(x: Any) -> Any:
     if lib == "torch":
         import torch
 
-        x = x.to(torch.float32).contiguous()  # no copy when it already is
+        y = x.to(torch.float32).contiguous()  # no copy when it already is
+        if y is not x:  # converted on torch's current stream: wait for it
+            torch.cuda.current_stream().synchronize()
+        x = y
     elif lib == "cupy":
         import cupy
 
-        x = cupy.ascontiguousarray(x, dtype=cupy.float32)
+        y = cupy.ascontiguousarray(x, dtype=cupy.float32)
+        if y is not x:
+            cupy.cuda.get_current_stream().synchronize()
+        x = y
     elif x.dtype != np.float32 or not x.is_c_contiguous():
         raise TypeError("a numba device array must be contiguous float32; convert it first")
     return view(x)
@@ -125,10 +150,10 @@ def empty(n: int, dtype: Any) -> Any:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         t = torch.empty(n, dtype=getattr(torch, np.dtype(dtype).name), device="cuda")
-        return cuda.as_cuda_array(t, sync=False)  # fresh memory: nothing to wait for
+        return view(t)
     cupy = sys.modules.get("cupy")
     if cupy is not None:
-        return cuda.as_cuda_array(cupy.empty(n, dtype), sync=False)
+        return view(cupy.empty(n, dtype))
     return cuda.device_array(n, dtype)
 
 
@@ -323,12 +348,12 @@ def lookup_rotated(codes: np.ndarray, layout: Layout, tables: np.ndarray, bits: 
 def unrotate(acc: Any, layout: Layout, keys: np.ndarray, out: Any) -> None:
     """out[:d] = D H acc per chunk, on the GPU (acc is overwritten)."""
     p = plan(layout)
-    _lookup(p, *_no_codes(), 1, 1.0, CK.TRANSFORM, acc)
+    _lookup(p, *_no_codes(_device_id()), 1, 1.0, CK.TRANSFORM, acc)
     _inverse(p, layout, acc, upload(keys), out)
 
 
-@lru_cache(maxsize=1)
-def _no_codes() -> tuple[Any, Any, Any]:
-    """Placeholder code, offset and table arrays for the TRANSFORM mode."""
+@lru_cache(maxsize=8)
+def _no_codes(device_id: int) -> tuple[Any, Any, Any]:
+    """Placeholder code, offset and table arrays for the TRANSFORM mode, per GPU."""
     return (cuda.device_array(1, np.uint8), cuda.device_array(1, np.int64),
             cuda.device_array((1, 1), np.float32))

@@ -3,7 +3,9 @@ real CUDA target, and assemble it with ptxas: no GPU needed, only numba-cuda's N
 ptxas (``pip install "numba-cuda[cu12]"``). Run by tests/test_gpu.py in a subprocess
 (the rest of the suite runs numba's simulator, which type-checks nothing).
 
-Prints one line per kernel: name, registers per thread, spill bytes, shared memory.
+Prints one line per kernel: name, registers per thread, spill bytes, shared memory bytes,
+and the float32 fused multiply-adds in its PTX (the CPU rounds every float32 operation, so
+a fused one would break bit-equality).
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def main() -> int:
             regs = int(re.search(r"Used (\d+) registers", info).group(1))
             spill = sum(int(v) for v in re.findall(r"(\d+) bytes spill", info))
             smem = re.search(r"(\d+) bytes smem", info)
-            print(name, regs, spill, int(smem.group(1)) if smem else 0)
+            print(name, regs, spill, int(smem.group(1)) if smem else 0,
+                  ptx.count("fma.rn.f32"))
     return 0
 
 

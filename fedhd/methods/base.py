@@ -122,7 +122,7 @@ class Method:
                 out = np.empty(h.d, np.float32)
             self.decode_payload(payload, h, layout, out)
             return out
-        with gpu().on_device(gpu().device_index(out)):
+        with gpu().call(gpu().device_index(out)):
             dev = gpu().view(out)
             if dev.shape != (h.d,) or dev.dtype != np.float32:
                 raise ValueError(f"out must be a float32 CUDA vector of length {h.d}")
