@@ -14,11 +14,15 @@ PIP_QUIET := 2>&1 | { grep -v -e "is ignored: it is neither" -e "^$$" || true; }
 
 .PHONY: install test test-fast demo lint bench clean
 
-$(STAMP): pyproject.toml
+CONSTRAINTS := .ci/constraints.txt
+PIP := $(PY) -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch first and pinned: the CPU wheel from local disk, never a multi-GB CUDA build
-	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0" $(PIP_QUIET)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[flower,simulation,dev]" $(PIP_QUIET)
+	# torch first, pinned by the constraints file: the CPU wheel from local disk, never a
+	# multi-GB CUDA build
+	$(PIP) torch $(PIP_QUIET)
+	$(PIP) -e ".[flower,simulation,dev]" $(PIP_QUIET)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,7 +37,7 @@ demo: $(STAMP)
 	$(PY) -m simulations
 
 lint: $(STAMP)
-	$(PY) -m ruff check fedhd strategies simulations tests
+	$(PY) -m ruff check fedhd strategies simulations benchmarks tests
 	$(PY) -m mypy
 
 bench: $(STAMP)

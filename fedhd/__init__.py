@@ -2,18 +2,20 @@
 
 >>> import numpy as np, fedhd
 >>> x = np.random.default_rng(0).standard_normal(10_000).astype(np.float32)
->>> blob = fedhd.encode(x, bits=2, seed=7)          # ~2.03 bits per coordinate
+>>> blob = fedhd.encode(x, bits=2, seed=7)          # hd-dither-ec, ~2 bits per coordinate
 >>> x_hat = fedhd.decode(blob)                       # float32, unbiased estimate of x
 """
 
 from .aggregate import Aggregator
-from .api import Codec, as_vector, decode, encode, methods
+from .api import Codec, as_vector, decode, encode, methods, update_norm
 from .arrays import Spec, flatten, unflatten
 from .errors import DecodeError
+from .methods import DEFAULT_METHOD
 from .rng import derive_seed
 from .wire import Header, read_header
 
 __all__ = [
+    "DEFAULT_METHOD",
     "Aggregator",
     "Codec",
     "DecodeError",
@@ -28,6 +30,7 @@ __all__ = [
     "methods",
     "read_header",
     "unflatten",
+    "update_norm",
 ]
 __version__ = "0.1.0"
 

@@ -1,4 +1,5 @@
-"""Public entry points: encode, decode, methods, Codec."""
+"""Public entry points: encode, decode, methods, Codec. The backend (CPU or a CUDA GPU) of
+each call is picked here, once (``fedhd.backend``)."""
 
 from __future__ import annotations
 
@@ -6,48 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from . import backend
 from . import methods as registry
+from .backend.cpu import as_host_vector
 from .errors import DecodeError
-from .layout import DEFAULT_LOG2_CHUNK, MAX_D, MAX_LOG2_CHUNK, MIN_LOG2_CHUNK
+from .layout import DEFAULT_LOG2_CHUNK, MAX_LOG2_CHUNK, MIN_LOG2_CHUNK, make_layout
+from .methods import DEFAULT_METHOD
 from .rng import check_seed
-from .wire import as_bytes, read_header
+from .wire import Header, as_bytes, read_header
 
-DEFAULT_METHOD = "hd-dither"
-
-
-def as_vector(x: Any) -> np.ndarray:
-    """A contiguous 1-D float32 numpy view or copy of x (numpy float array or torch tensor).
-
-    TypeError for a non-array or a non-float dtype; ValueError for a wrong shape or size.
-    """
-    if type(x).__module__.startswith("torch"):
-        import torch
-
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a numpy array or torch tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must have a floating dtype, got {x.dtype}")
-        x = x.detach()
-        if x.dtype not in (torch.float16, torch.float32, torch.float64):
-            x = x.float()  # bfloat16 and friends
-        x = x.cpu().numpy()
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x must be a numpy array or torch tensor, got {type(x).__name__}")
-    if x.dtype.kind != "f":
-        raise TypeError(f"x must have a floating dtype (float16/32/64), got {x.dtype}")
-    if x.ndim != 1:
-        raise ValueError(f"x must be 1-D, got shape {x.shape}; flatten it or use fedhd.pack")
-    if not 1 <= x.shape[0] <= MAX_D:
-        raise ValueError(f"x must have between 1 and {MAX_D} coordinates, got {x.shape[0]}")
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def is_cuda_array(x: Any) -> bool:
-    """Whether x lives on a CUDA device: a torch CUDA tensor, a CuPy array, a numba device
-    array or any object with ``__cuda_array_interface__``."""
-    if type(x).__module__.startswith("torch"):
-        return bool(getattr(x, "is_cuda", False))
-    return hasattr(x, "__cuda_array_interface__") or type(x).__module__.startswith("numba.cuda")
+as_vector = as_host_vector
 
 
 def methods() -> list[str]:
@@ -61,7 +30,7 @@ class Codec:
     Parameters
     ----------
     method : str
-        A name from ``fedhd.methods()``.
+        A name from ``fedhd.methods()`` (default ``fedhd.DEFAULT_METHOD``).
     bits : float, optional
         Bits per coordinate: an integer 1..8 for fixed-rate methods, a budget for
         entropy-coded ones. Defaults to the method's own default.
@@ -86,17 +55,22 @@ class Codec:
         ``seed``) fixes the dither (give each client its own)."""
         seed = check_seed(seed)
         dither_seed = seed if dither_seed is None else check_seed(dither_seed, "dither_seed")
-        if is_cuda_array(x):
-            from . import gpu
-
-            with gpu.call(gpu.device_index(x)):
-                return self.method.encode(gpu.as_device_vector(x), self.bits, seed,
-                                          dither_seed, self.log2_chunk)
-        return self.method.encode(as_vector(x), self.bits, seed, dither_seed, self.log2_chunk)
+        be = backend.for_array(x)
+        with be.call():
+            xv = be.as_vector(x)
+            h = Header(self.method.method_id, self.bits, self.log2_chunk, int(xv.shape[0]),
+                       seed, dither_seed)
+            if not be.runs(self.method.device_encode, make_layout(h.d, h.log2_chunk)):
+                xv, be = be.to_host(xv), backend.CPU
+            return self.method.encode(xv, h, be)
 
     def decode(self, blob: Any, out: Any = None, device: Any = None) -> Any:
         """Decode a blob of this codec's method; see ``fedhd.decode``."""
-        return self.method.decode(as_bytes(blob), out, device)
+        view = as_bytes(blob)
+        if read_header(view).method_id != self.method.method_id:
+            raise DecodeError(f"blob holds method id {read_header(view).method_id}, "
+                              f"not {self.method.name}")
+        return decode(view, out, device)
 
 
 def encode(x: Any, bits: float | None = None, seed: int = 0, method: str = DEFAULT_METHOD,
@@ -117,8 +91,34 @@ def decode(blob: Any, out: Any = None, device: Any = None) -> Any:
     Raises ``DecodeError`` (a ValueError) for anything malformed, before allocating.
     """
     view = as_bytes(blob)
-    h = read_header(view)
-    method = registry.by_id(h.method_id)
+    method = registry.by_id(read_header(view).method_id)
     if method is None:
-        raise DecodeError(f"unknown method id {h.method_id}")
-    return method.decode(view, out, device)
+        raise DecodeError(f"unknown method id {read_header(view).method_id}")
+    h, layout, payload = method.open(view)
+    be = backend.for_output(out, device)
+    with be.call():
+        result, target = be.output(h.d, out)
+        if be.runs(method.device_decode, layout):
+            method.decode_payload(payload, h, layout, target, be)
+        else:  # no device kernels: decode on the host, then copy up
+            host = np.empty(h.d, np.float32)
+            method.decode_payload(payload, h, layout, host, backend.CPU)
+            be.upload_into(target, host)
+    return result
+
+
+def update_norm(blob: Any) -> float:
+    """The L2 norm of the vector a blob encodes: read from its per-chunk norms where the
+    method sends them (``Method.stated_norm``), else that of the decoded vector.
+    DecodeError for a malformed blob or a non-finite norm."""
+    view = as_bytes(blob)
+    method = registry.by_id(read_header(view).method_id)
+    if method is None:
+        raise DecodeError(f"unknown method id {read_header(view).method_id}")
+    h, layout, payload = method.open(view)
+    norm = method.stated_norm(payload, h, layout)
+    if norm is None:
+        norm = float(np.linalg.norm(decode(view).astype(np.float64)))
+    if not np.isfinite(norm):
+        raise DecodeError("the blob states a non-finite norm")
+    return norm

@@ -5,7 +5,9 @@ split by its binary digits into smaller power-of-2 chunks down to MIN_CHUNK = 32
 coordinates, and the last r mod 32 coordinates are zero-padded into one 32-chunk.
 Padding is therefore at most 31 coordinates, and there are at most
 d / chunk + log2(chunk) chunks, each carrying one float32 scale. Every chunk is a
-multiple of 8 coordinates, so each chunk's b-bit codes start on a byte boundary.
+multiple of 8 coordinates, so each chunk's b-bit codes start on a byte boundary: methods
+with b-bit codes put chunk c's at byte ``code_offsets(layout, b, head)[c]`` of the payload,
+after ``head`` bytes of per-chunk fields.
 """
 
 from __future__ import annotations
@@ -71,3 +73,16 @@ def make_layout(d: int, log2_chunk: int = DEFAULT_LOG2_CHUNK) -> Layout:
     if not MIN_LOG2_CHUNK <= log2_chunk <= MAX_LOG2_CHUNK:
         raise ValueError(f"log2_chunk must be in [{MIN_LOG2_CHUNK}, {MAX_LOG2_CHUNK}]")
     return Layout(d, log2_chunk)
+
+
+def code_offsets(layout: Layout, bits: int, head: int) -> np.ndarray:
+    """Byte offset of each chunk's packed codes, after ``head`` bytes of per-chunk fields."""
+    return _code_offsets(layout.d, layout.log2_chunk, bits, head)
+
+
+@lru_cache(maxsize=256)
+def _code_offsets(d: int, log2_chunk: int, bits: int, head: int) -> np.ndarray:
+    sizes = make_layout(d, log2_chunk).sizes
+    off = np.concatenate(([0], np.cumsum(sizes * bits // 8)[:-1])).astype(np.int64) + head
+    off.setflags(write=False)
+    return off

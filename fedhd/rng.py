@@ -10,8 +10,22 @@ Definitions (all arithmetic modulo 2**64):
 - ``stream_key(seed, stream, j) = splitmix(splitmix(seed, stream), j)``.
 - Rotation signs of chunk ``c``: ``key = stream_key(seed, STREAM_SIGNS, c)``; coordinate
   ``i`` of the chunk is negated iff bit ``i % 64`` of ``splitmix(key, i // 64)`` is 1.
-- Dither of chunk ``c``: ``u = (stream_key(dither_seed, STREAM_DITHER, c) >> 11) * 2**-53``,
-  uniform on [0, 1).
+- Dither of chunk ``c`` (hd-dither): ``u = (stream_key(dither_seed, STREAM_DITHER, c) >> 11)
+  * 2**-53``, uniform on [0, 1) (``dithers``).
+- Rounding uniforms (qsgd, hd-sr) and tie-breaking bits (eden, drive, turboquant): with
+  ``base = splitmix(dither_seed, STREAM_METHOD)`` (``rounding_key``), padded coordinate g
+  uses ``splitmix(base, g)``: its 53 high bits as a uniform, or its low bit as a coin.
+- Per-coordinate dithers of hd-dither-ec, chunk ``c``: key
+  ``stream_key(dither_seed, STREAM_METHOD, c)`` (``coordinate_dither_keys``; how a key
+  becomes dithers is in ``fedhd.kernels.rans``).
+- Pilot dithers of hd-dither-ec's rate controller, chunk ``c``: key
+  ``stream_key(seed, STREAM_PILOT, c)`` (``pilot_keys``): from the ROTATION seed, never the
+  dither seed, so the chosen steps are independent of the real dithers.
+- Seeds of rounds and clients (``derive_seed(base, *keys)``): round r's rotation seed is
+  ``round_seed(base, r) = derive_seed(base, r)``; a client's dither seed in a round is
+  ``client_dither_seed(round_seed, node_id, partition_id)`` =
+  ``derive_seed(round_seed, PARTITION_DOMAIN, partition_id)`` when the node has a
+  partition id (stable across runs), else ``derive_seed(round_seed, node_id)``.
 """
 
 from __future__ import annotations
@@ -25,7 +39,8 @@ MUL1 = 0xBF58476D1CE4E5B9
 MUL2 = 0x94D049BB133111EB
 STREAM_SIGNS = 1
 STREAM_DITHER = 2
-STREAM_METHOD = 3  # free for methods that need more randomness (e.g. stochastic rounding)
+STREAM_METHOD = 3  # rounding uniforms, tie-breaks, hd-dither-ec's coordinate dithers
+STREAM_PILOT = 0xEC_0001  # hd-dither-ec's pilot dithers (from the rotation seed)
 MASK64 = (1 << 64) - 1
 
 _U = np.uint64
@@ -74,6 +89,21 @@ def dithers(dither_seed: int, chunks: int) -> np.ndarray:
     return uniforms(dither_seed, STREAM_DITHER, chunks)
 
 
+def rounding_key(dither_seed: int) -> np.uint64:
+    """The base key of the rounding uniforms and tie-breaking coins of a client."""
+    return np.uint64(splitmix(int(dither_seed), STREAM_METHOD))
+
+
+def coordinate_dither_keys(dither_seed: int, chunks: int) -> np.ndarray:
+    """Per-chunk keys of hd-dither-ec's per-coordinate dithers, uint64."""
+    return stream_keys(dither_seed, STREAM_METHOD, chunks)
+
+
+def pilot_keys(seed: int, chunks: int) -> np.ndarray:
+    """Per-chunk keys of hd-dither-ec's pilot dithers (rotation seed), uint64."""
+    return stream_keys(seed, STREAM_PILOT, chunks)
+
+
 def sign_keys(seed: int, chunks: int) -> np.ndarray:
     """The per-chunk keys of the rotation signs, uint64."""
     return stream_keys(seed, STREAM_SIGNS, chunks)
@@ -108,3 +138,21 @@ def derive_seed(base: int, *keys: int) -> int:
     for k in keys:
         s = splitmix(s, int(k) & MASK64)
     return int(s)
+
+
+#: Separates partition-derived dither seeds from node-id-derived ones ("partitn").
+PARTITION_DOMAIN = 0x7061727469746E
+
+
+def round_seed(base: int, server_round: int) -> int:
+    """The rotation seed every client of ``server_round`` shares."""
+    return derive_seed(base, server_round)
+
+
+def client_dither_seed(round_seed: int, node_id: int, partition_id: int | None = None) -> int:
+    """The dither seed of one client in one round: from its partition id when it has one
+    (unique per node in simulations and in ``--node-config "partition-id=..."``
+    deployments, and the same in every run), else from its node id."""
+    if partition_id is None:
+        return derive_seed(round_seed, node_id)
+    return derive_seed(round_seed, PARTITION_DOMAIN, partition_id)

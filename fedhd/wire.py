@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import DecodeError
 from .layout import MAX_D, MAX_LOG2_CHUNK, MIN_LOG2_CHUNK
@@ -74,6 +74,18 @@ def seal(buf: bytearray) -> bytes:
     """Fill in the CRC-32 (header fields and payload) and return the finished blob."""
     struct.pack_into("<I", buf, _CRC_OFFSET, _crc(buf))
     return bytes(buf)
+
+
+def rewrite_header(blob: bytes | bytearray | memoryview, **fields: int | float) -> bytes:
+    """A copy of a blob with header fields replaced (``Header`` names: method_id, bits,
+    log2_chunk, d, seed, dither_seed) and the CRC recomputed, payload unchanged. For tests
+    and fuzzing: it writes whatever it is told, including lies the decoder must refuse."""
+    buf = bytearray(blob)
+    magic, version, method_id, bits_x16, log2_chunk, d, seed, dseed, _ = _HEADER.unpack_from(buf)
+    h = replace(Header(method_id, bits_x16 / 16, log2_chunk, d, seed, dseed), **fields)
+    _HEADER.pack_into(buf, 0, magic, version, h.method_id, bits_to_x16(h.bits), h.log2_chunk,
+                      h.d, h.seed, h.dither_seed, 0)
+    return seal(buf)
 
 
 def as_bytes(blob: object) -> memoryview:

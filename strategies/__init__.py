@@ -8,15 +8,22 @@
 ``CompressedFedAvg`` (a ``flwr.serverapp.strategy.FedAvg``) sends the method, bits and
 round seed, and aggregates the blobs with decode-after-sum. ``CompressedStrategy`` does the
 same around FedAdam, FedAvgM, FedProx and the other mean-based Message-API strategies.
-Keys shared by both sides live in ``strategies.constants``.
+Where things are:
+
+- ``mod``: the client side (``compression_mod``);
+- ``fedavg``, ``wrapper``: the server strategies;
+- ``round``: one round's server logic (open, sum, metrics, rebuild);
+- ``settings``: the train-config format both sides share;
+- ``constants``: every ``fedhd.*`` config and metric key;
+- ``transport``: bytes of a message as Flower's transport sends it.
 """
 
 from . import constants
 from .constants import DEFAULT_METHOD
-from .core import RoundCompressor
 from .fedavg import CompressedFedAvg
 from .mod import compression_mod
-from .wire_size import message_wire_bytes
+from .round import RoundCompressor
+from .transport import message_wire_bytes
 from .wrapper import CompressedStrategy
 
 __all__ = [

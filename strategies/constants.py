@@ -26,8 +26,9 @@ reply, and the strategies average it correctly too.
 
 from __future__ import annotations
 
-#: The compression method used when none is given. Change it here, and only here.
-DEFAULT_METHOD = "hd-dither-ec"
+from fedhd import DEFAULT_METHOD  # the one default, stated in fedhd/methods/ids.py
+
+__all__ = ["DEFAULT_METHOD"]  # and every KEY_*, METRIC_* and *_RECORD name below
 #: Default base seed of a strategy; each round's rotation seed is derived from it.
 DEFAULT_SEED = 0
 
@@ -70,8 +71,13 @@ METRIC_COMPRESSION_RATIO = PREFIX + "compression_ratio"
 METRIC_UPLINK_BYTES_TOTAL = PREFIX + "uplink_bytes_total"
 #: Blob bits per model coordinate (8 * blob bytes / d), mean over compressed replies.
 METRIC_BLOB_BITS_PER_COORD = PREFIX + "blob_bits_per_coordinate"
-#: Replies with content that failed validation or decoding and were left out.
+#: Replies with content that failed validation or decoding and were left out (norm-bound
+#: drops included).
 METRIC_DROPPED = PREFIX + "dropped"
+#: Replies left out because their update norm exceeded ``max_update_norm`` (norm_bound="drop").
+METRIC_NORM_DROPPED = PREFIX + "norm_dropped"
+#: Replies scaled down to ``max_update_norm`` (norm_bound="clip").
+METRIC_NORM_CLIPPED = PREFIX + "norm_clipped"
 #: Replies that were aggregated.
 METRIC_ACCEPTED = PREFIX + "accepted"
 #: Of the accepted replies, how many were compressed.

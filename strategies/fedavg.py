@@ -12,7 +12,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from . import constants as C
-from .core import RoundCompressor
+from .round import NormBound, RoundCompressor
 
 
 class CompressedFedAvg(FedAvg):
@@ -51,6 +51,17 @@ class CompressedFedAvg(FedAvg):
     device : str, optional
         "cuda" or "cuda:N": decode-after-sum on that GPU (rotated table methods such as
         hd-dither and eden; the others, hd-dither-ec included, sum on the host).
+    max_update_norm : float, optional (default: None, off)
+        The server's bound on one client's update: a reply whose update has an L2 norm
+        above it is dropped (``norm_bound="drop"``) or scaled down to it
+        (``norm_bound="clip"``), and counted in ``fedhd.norm_dropped`` /
+        ``fedhd.norm_clipped``. The norm is the one the blob states where its method sends
+        per-chunk norms (hd-dither-ec, qsgd, turboquant: the client's exact update norm;
+        hd-dither: its scales, norm times a clip correction >= 1), else that of the decoded
+        update. It bounds how far one client (faulty or hostile) can move the model in a
+        round; set it a few times above the norms honest clients send.
+    norm_bound : "drop" or "clip" (default: "drop")
+        See ``max_update_norm``.
     **fedavg_kwargs
         Any ``flwr.serverapp.strategy.FedAvg`` argument (fraction_train,
         fraction_evaluate, min_train_nodes, weighted_by_key, ...).
@@ -60,7 +71,8 @@ class CompressedFedAvg(FedAvg):
     train reply), ``fedhd.uplink_bytes_uncompressed`` (the same reply as plain FedAvg
     sends it), ``fedhd.compression_ratio``, ``fedhd.uplink_bytes_total``,
     ``fedhd.blob_bits_per_coordinate``, ``fedhd.accepted``, ``fedhd.compressed``,
-    ``fedhd.dropped`` and ``fedhd.error_replies``.
+    ``fedhd.dropped``, ``fedhd.norm_dropped``, ``fedhd.norm_clipped`` and
+    ``fedhd.error_replies``.
     """
 
     def __init__(
@@ -73,11 +85,13 @@ class CompressedFedAvg(FedAvg):
         wire_accounting: bool = True,
         exact: Sequence[str] = (),
         device: str | None = None,
+        max_update_norm: float | None = None,
+        norm_bound: NormBound = "drop",
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(**fedavg_kwargs)
         self.compressor = RoundCompressor(method, bits, seed, log2_chunk, wire_accounting, exact,
-                                          device)
+                                          device, max_update_norm, norm_bound)
 
     @property
     def method(self) -> str:

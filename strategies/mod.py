@@ -19,83 +19,29 @@ through unchanged. A precondition that fails (e.g. a reply with two ArrayRecords
 whose keys or shapes differ from the ones received, or a NaN update) gives a Flower error
 reply with ``ErrorCode.MOD_FAILED_PRECONDITION``, never an exception.
 
-Each client's dither seed (``dither_seed``) derives from the round seed and the node's
-``partition-id`` when its node config has one (simulations: the Simulation Engine draws new
-node ids every run, partition ids stay, so runs repeat exactly), else its node id:
-independent across clients and written in the blob header, so the server needs nothing
-else.
+Each client's dither seed (``fedhd.rng.client_dither_seed``) derives from the round seed
+and the node's ``partition-id`` when its node config has one (simulations: the Simulation
+Engine draws new node ids every run, partition ids stay, so runs repeat exactly), else its
+node id: independent across clients and written in the blob header, so the server needs
+nothing else.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from dataclasses import dataclass
 from logging import DEBUG, ERROR
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode, SType
 from flwr.supercore import log
 
-import fedhd
+from fedhd.rng import client_dither_seed
 
 from . import constants as C
+from .settings import PreconditionError, Settings, find_settings_record, is_exact
 
 _MOD = "compression_mod"
-
-
-class PreconditionError(ValueError):
-    """A train message or its reply cannot be compressed as asked."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the server asked for in the train config."""
-
-    method: str
-    bits: float
-    seed: int
-    log2_chunk: int | None
-    exact: tuple[str, ...] = ()
-
-    @classmethod
-    def from_config(cls, config: ConfigRecord) -> Settings:
-        """Read and validate the ``fedhd.*`` keys; PreconditionError when malformed."""
-        method = config.get(C.KEY_METHOD)
-        bits = config.get(C.KEY_BITS)
-        seed = config.get(C.KEY_SEED)
-        log2_chunk = config.get(C.KEY_LOG2_CHUNK)
-        exact = config.get(C.KEY_EXACT, [])
-        if not isinstance(method, str):
-            raise PreconditionError(f"'{C.KEY_METHOD}' must be a str, got {method!r}")
-        if method not in fedhd.methods():
-            raise PreconditionError(
-                f"method {method!r} is not available in this fedhd "
-                f"({fedhd.__version__}); known: {fedhd.methods()}"
-            )
-        if isinstance(bits, bool) or not isinstance(bits, (int, float)):
-            raise PreconditionError(f"'{C.KEY_BITS}' must be a number, got {bits!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-            raise PreconditionError(f"'{C.KEY_SEED}' must be an int in [0, 2**64), got {seed!r}")
-        if log2_chunk is not None and (
-            isinstance(log2_chunk, bool) or not isinstance(log2_chunk, int)
-        ):
-            raise PreconditionError(f"'{C.KEY_LOG2_CHUNK}' must be an int, got {log2_chunk!r}")
-        if not isinstance(exact, list) or not all(isinstance(p, str) for p in exact):
-            raise PreconditionError(f"'{C.KEY_EXACT}' must be a list of str, got {exact!r}")
-        try:
-            codec = make_codec(method, float(bits), log2_chunk)
-        except (TypeError, ValueError) as e:
-            raise PreconditionError(str(e)) from None
-        return cls(method, codec.bits, seed, log2_chunk, tuple(str(p) for p in exact))
-
-
-def make_codec(method: str, bits: float | None, log2_chunk: int | None) -> fedhd.Codec:
-    """A fedhd Codec; ``log2_chunk=None`` keeps fedhd's default chunk size."""
-    if log2_chunk is None:
-        return fedhd.Codec(method, bits)
-    return fedhd.Codec(method, bits, log2_chunk)
 
 
 def is_train(msg: Message) -> bool:
@@ -104,40 +50,14 @@ def is_train(msg: Message) -> bool:
     return message_type == "train" or message_type.startswith("train.")
 
 
-def find_settings_record(content: RecordDict) -> ConfigRecord | None:
-    """The ConfigRecord of ``content`` that carries the ``fedhd.*`` keys, if any."""
-    for record in content.config_records.values():
-        if C.KEY_METHOD in record:
-            return record
-    return None
-
-
-def is_exact(key: str, patterns: tuple[str, ...]) -> bool:
-    """Whether a float array is sent exactly rather than compressed."""
-    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
-
-
-#: Separates partition-derived dither seeds from node-id-derived ones.
-PARTITION_DOMAIN = 0x7061727469746E  # "partitn"
-
-
-def dither_seed(round_seed: int, node_id: int, partition_id: int | None = None) -> int:
-    """The dither seed of one client in one round: from its partition id when it has one
-    (unique per node in simulations and in ``--node-config "partition-id=..."``
-    deployments), else from its node id."""
-    if partition_id is None:
-        return fedhd.derive_seed(round_seed, node_id)
-    return fedhd.derive_seed(round_seed, PARTITION_DOMAIN, partition_id)
-
-
 def node_dither_seed(round_seed: int, msg: Message, context: Context) -> int:
-    """``dither_seed`` for the node that received ``msg`` (its node id when the
-    partition id is missing or not an integer)."""
+    """``fedhd.rng.client_dither_seed`` for the node that received ``msg`` (its node id
+    when the partition id is missing or not an integer)."""
     try:
         pid: int | None = int(context.node_config["partition-id"])
     except (KeyError, TypeError, ValueError):
         pid = None
-    return dither_seed(round_seed, msg.metadata.dst_node_id, pid)
+    return client_dither_seed(round_seed, msg.metadata.dst_node_id, pid)
 
 
 def _error_reply(msg: Message, reason: str) -> Message:
@@ -204,7 +124,7 @@ def compress_arrays(
     if not parts:
         return None
     update = np.concatenate(parts)
-    codec = make_codec(settings.method, settings.bits, settings.log2_chunk)
+    codec = settings.codec()
     try:
         blob = codec.encode(update, seed=settings.seed, dither_seed=dither)
     except ValueError as e:

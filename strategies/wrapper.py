@@ -22,7 +22,8 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from . import constants as C
-from .core import RoundCompressor, message_with_metadata
+from .round import NormBound, RoundCompressor
+from .transport import message_with_metadata
 
 
 class CompressedStrategy(Strategy):
@@ -34,7 +35,7 @@ class CompressedStrategy(Strategy):
         The inner strategy, e.g. ``FedAdam(...)``, ``FedAvgM(...)``, ``FedProx(...)``.
         Its ``arrayrecord_key``, ``configrecord_key``, ``weighted_by_key`` and
         ``train_metrics_aggr_fn`` (FedAvg's attributes) are used when present.
-    method, bits, seed, log2_chunk, wire_accounting, exact, device
+    method, bits, seed, log2_chunk, wire_accounting, exact, device, max_update_norm, norm_bound
         As for ``CompressedFedAvg``.
 
     Examples
@@ -54,11 +55,13 @@ class CompressedStrategy(Strategy):
         wire_accounting: bool = True,
         exact: Sequence[str] = (),
         device: str | None = None,
+        max_update_norm: float | None = None,
+        norm_bound: NormBound = "drop",
     ) -> None:
         super().__init__()
         self.strategy = strategy
         self.compressor = RoundCompressor(method, bits, seed, log2_chunk, wire_accounting, exact,
-                                          device)
+                                          device, max_update_norm, norm_bound)
 
     # keys of the inner strategy, with FedAvg's defaults
     @property

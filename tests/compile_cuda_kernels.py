@@ -1,4 +1,4 @@
-"""Compile every kernel of fedhd.cuda_kernels for a Hopper GPU (sm_90) with numba-cuda's
+"""Compile every kernel of fedhd.kernels.cuda for a Hopper GPU (sm_90) with numba-cuda's
 real CUDA target, and assemble it with ptxas: no GPU needed, only numba-cuda's NVVM and
 ptxas (``pip install "numba-cuda[cu12]"``). Run by tests/test_gpu.py in a subprocess
 (the rest of the suite runs numba's simulator, which type-checks nothing).
@@ -29,7 +29,7 @@ class _Hopper:
 # without a GPU there is none, so name one.
 dispatcher.get_current_device = lambda: _Hopper()
 
-from fedhd import cuda_kernels as CK  # noqa: E402
+from fedhd.kernels import cuda as CK  # noqa: E402
 
 f32, f64, i64, u8, u64 = T.float32, T.float64, T.int64, T.uint8, T.uint64
 
@@ -43,7 +43,7 @@ def mat(t):
 
 
 IDX = vec(i64)  # the plan arrays
-# the argument types fedhd.gpu launches each kernel with
+# the argument types fedhd.backend.cuda launches each kernel with
 SIGNATURES = {
     "forward_subblocks": (vec(f32), i64, vec(f32), IDX, IDX, IDX, IDX, vec(u64), vec(f64)),
     "quantize_columns": (vec(f32), IDX, IDX, IDX, IDX, IDX, IDX, IDX, IDX, vec(f64), mat(f64),
@@ -51,7 +51,8 @@ SIGNATURES = {
     "lookup_subblocks": (vec(u8), IDX, mat(f32), i64, f32, i64, IDX, IDX, IDX, IDX,
                          vec(f32)),
     "inverse_columns": (vec(f32), i64, vec(f32), IDX, IDX, IDX, IDX, IDX, IDX, vec(u64)),
-    "divide": (vec(f32), f64),
+    "accumulate64": (vec(f64), vec(f32)),
+    "mean32": (vec(f64), f64, vec(f32)),
 }
 
 

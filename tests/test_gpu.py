@@ -1,4 +1,4 @@
-"""The CUDA path (fedhd.gpu, fedhd.cuda_kernels) against the CPU kernels.
+"""The CUDA backend (fedhd.backend.cuda, fedhd.kernels.cuda) against the CPU kernels.
 
 Without a GPU these run in numba's CUDA simulator (tests/conftest.py), which checks the
 kernels' logic: indexing, shared memory, synchronization, packing. Tests marked ``gpu``
@@ -31,6 +31,13 @@ real_gpu = pytest.mark.skipif(SIMULATED or not cuda.is_available(),
 TABLE_METHODS = ["hd-dither", "drive", "eden", "turboquant", "hd-sr"]
 
 
+def hd_encode(x, *args, **kw):
+    """``fedhd.encode`` with hd-dither unless a method is named (these tests are about it)."""
+    if len(args) < 3:
+        kw.setdefault("method", "hd-dither")
+    return fedhd.encode(x, *args, **kw)
+
+
 @pytest.fixture(autouse=True)
 def _simulator_settings():
     """The simulator polls its threads: a short GIL switch interval makes it ~5x faster.
@@ -50,7 +57,7 @@ def _vector(d: int, seed: int = 0) -> np.ndarray:
 
 def _chunk_layout() -> tuple[int, int]:
     """(d, log2_chunk) with multi-row chunks, every tail size and padding."""
-    from fedhd.cuda_kernels import MAX_LOG2_CHUNK, SUB
+    from fedhd.kernels.cuda import MAX_LOG2_CHUNK, SUB
 
     log2_chunk = min(MAX_LOG2_CHUNK, SUB.bit_length() + 1)  # 4 rows per full chunk
     return (1 << log2_chunk) + (1 << (log2_chunk - 1)) + 32 + 7, log2_chunk
@@ -66,7 +73,7 @@ def _compare_blobs(a: bytes, b: bytes) -> float:
 
 def test_device_splitmix_golden():
     """The kernels' SplitMix64 gives the published sequence and rng.splitmix's values."""
-    from fedhd.cuda_kernels import splitmix
+    from fedhd.kernels.cuda import splitmix
 
     @cuda.jit
     def outputs(state, out):
@@ -88,8 +95,8 @@ def test_device_splitmix_golden():
 def test_gpu_encode_matches_cpu(bits):
     d, log2_chunk = _chunk_layout()
     x = _vector(d, bits)
-    cpu = fedhd.encode(x, bits=bits, seed=11, dither_seed=5, log2_chunk=log2_chunk)
-    gpu = fedhd.encode(cuda.to_device(x), bits=bits, seed=11, dither_seed=5,
+    cpu = hd_encode(x, bits=bits, seed=11, dither_seed=5, log2_chunk=log2_chunk)
+    gpu = hd_encode(cuda.to_device(x), bits=bits, seed=11, dither_seed=5,
                        log2_chunk=log2_chunk)
     assert _compare_blobs(cpu, gpu) <= 1e-4
     # and the GPU blob decodes on the CPU to what the CPU blob decodes to
@@ -102,7 +109,7 @@ def test_gpu_decode_matches_cpu(method):
     d, log2_chunk = _chunk_layout()
     x = _vector(d, 1)
     bits = 1 if method == "drive" else 2
-    blob = fedhd.encode(x, bits=bits, seed=3, method=method, log2_chunk=log2_chunk)
+    blob = hd_encode(x, bits=bits, seed=3, method=method, log2_chunk=log2_chunk)
     out = cuda.device_array(d, np.float32)
     assert fedhd.decode(blob, out=out) is out
     # the same float32 operations in the same order: equal to the last bit
@@ -112,23 +119,23 @@ def test_gpu_decode_matches_cpu(method):
 @pytest.mark.parametrize("method", ["identity", "qsgd", "hd-dither-ec"])
 def test_methods_without_kernels_take_host_copies(method):
     x = _vector(3000, 2)
-    blob = fedhd.encode(cuda.to_device(x), seed=1, method=method)
-    assert blob == fedhd.encode(x, seed=1, method=method)
+    blob = hd_encode(cuda.to_device(x), seed=1, method=method)
+    assert blob == hd_encode(x, seed=1, method=method)
     out = cuda.device_array(3000, np.float32)
     fedhd.decode(blob, out=out)
     np.testing.assert_array_equal(out.copy_to_host(), fedhd.decode(blob))
 
 def test_long_chunks_take_the_host_kernels():
-    from fedhd import gpu
-    from fedhd.cuda_kernels import MAX_LOG2_CHUNK
+    from fedhd.backend import cuda as gpu
+    from fedhd.kernels.cuda import MAX_LOG2_CHUNK
     from fedhd.layout import make_layout
 
     lc = MAX_LOG2_CHUNK + 1
     d = (1 << lc) + 100
     assert not gpu.supported(make_layout(d, lc))
     x = _vector(d, 3)
-    blob = fedhd.encode(cuda.to_device(x), bits=3, seed=2, log2_chunk=lc)
-    assert blob == fedhd.encode(x, bits=3, seed=2, log2_chunk=lc)
+    blob = hd_encode(cuda.to_device(x), bits=3, seed=2, log2_chunk=lc)
+    assert blob == hd_encode(x, bits=3, seed=2, log2_chunk=lc)
     out = cuda.device_array(d, np.float32)
     np.testing.assert_array_equal(fedhd.decode(blob, out=out).copy_to_host(),
                                   fedhd.decode(blob))
@@ -137,13 +144,13 @@ def test_long_chunks_take_the_host_kernels():
 @pytest.mark.parametrize("d", [1, 33, 100])
 def test_tiny_vectors_on_the_gpu(d):
     """Vectors shorter than a sub-block: one padded 32-chunk and binary tails."""
-    from fedhd import gpu
+    from fedhd.backend import cuda as gpu
     from fedhd.layout import make_layout
 
     assert gpu.supported(make_layout(d, 16))  # the longest chunk decides, not log2_chunk
     x = _vector(d, 9)
-    blob = fedhd.encode(cuda.to_device(x), bits=3, seed=6)
-    assert blob == fedhd.encode(x, bits=3, seed=6)
+    blob = hd_encode(cuda.to_device(x), bits=3, seed=6)
+    assert blob == hd_encode(x, bits=3, seed=6)
     out = cuda.device_array(d, np.float32)
     np.testing.assert_array_equal(fedhd.decode(blob, out=out).copy_to_host(),
                                   fedhd.decode(blob))
@@ -152,7 +159,7 @@ def test_tiny_vectors_on_the_gpu(d):
 def test_gpu_aggregator_matches_cpu():
     d, log2_chunk = _chunk_layout()
     xs = [_vector(d, 10 + k) for k in range(3)]
-    blobs = [fedhd.encode(x, bits=2, seed=9, dither_seed=k, log2_chunk=log2_chunk)
+    blobs = [hd_encode(x, bits=2, seed=9, dither_seed=k, log2_chunk=log2_chunk)
              for k, x in enumerate(xs)]
     cpu, gpu = fedhd.Aggregator(d, seed=9), fedhd.Aggregator(d, seed=9, device="cuda")
     for k, b in enumerate(blobs):
@@ -164,7 +171,7 @@ def test_gpu_aggregator_matches_cpu():
     assert gpu.mean(out=out) is out
     np.testing.assert_array_equal(out.copy_to_host(), cpu.mean())
     # a method without GPU kernels in the same round: summed on the host, same mean
-    extra = fedhd.encode(xs[0], method="identity")
+    extra = hd_encode(xs[0], method="identity")
     cpu.add(extra)
     gpu.add(extra)
     np.testing.assert_array_equal(gpu.mean(out=out).copy_to_host(), cpu.mean())
@@ -172,12 +179,12 @@ def test_gpu_aggregator_matches_cpu():
 
 def test_device_selection():
     """"cuda:N" picks GPU N for the kernels and the allocators (the simulator has one)."""
-    from fedhd import gpu
+    from fedhd.backend import cuda as gpu
 
     assert gpu.parse_device("cuda") is None and gpu.parse_device("cuda:1") == 1
     d, log2_chunk = _chunk_layout()
     x = _vector(d, 12)
-    blob = fedhd.encode(x, bits=2, seed=1, log2_chunk=log2_chunk)
+    blob = hd_encode(x, bits=2, seed=1, log2_chunk=log2_chunk)
     agg = fedhd.Aggregator(d, device="cuda:0")
     agg.add(blob, weight=2.0)
     host = np.empty(d, np.float32)
@@ -187,14 +194,14 @@ def test_device_selection():
 
 def test_bad_device_input_is_refused():
     with pytest.raises(ValueError, match="NaN or Inf"):
-        fedhd.encode(cuda.to_device(np.array([1.0, np.nan] * 50, np.float32)), bits=2)
+        hd_encode(cuda.to_device(np.array([1.0, np.nan] * 50, np.float32)), bits=2)
     with pytest.raises(TypeError, match="floating"):
-        fedhd.encode(cuda.to_device(np.arange(100, dtype=np.int32)), bits=2)
+        hd_encode(cuda.to_device(np.arange(100, dtype=np.int32)), bits=2)
     with pytest.raises(TypeError, match="float32"):
-        fedhd.encode(cuda.to_device(np.ones(100, np.float64)), bits=2)
+        hd_encode(cuda.to_device(np.ones(100, np.float64)), bits=2)
     with pytest.raises(ValueError, match="1-D"):
-        fedhd.encode(cuda.to_device(np.ones((10, 10), np.float32)), bits=2)
-    blob = fedhd.encode(np.ones(100, np.float32), bits=2)
+        hd_encode(cuda.to_device(np.ones((10, 10), np.float32)), bits=2)
+    blob = hd_encode(np.ones(100, np.float32), bits=2)
     with pytest.raises(ValueError, match="length 100"):
         fedhd.decode(blob, out=cuda.device_array(99, np.float32))
     out = cuda.device_array(100, np.float32)
@@ -215,14 +222,14 @@ import sys, warnings
 import numpy as np
 from numba import cuda
 import fedhd
-from fedhd import cuda_kernels as CK
+from fedhd.kernels import cuda as CK
 sys.setswitchinterval(1e-4)
 warnings.filterwarnings("ignore", "overflow encountered")
 assert (CK.TPB, CK.SUB, CK.MAX_LOG2_CHUNK) == (256, 4096, 16)
 d = 2 * 4096 + 96 + 3
 x = np.random.default_rng(0).standard_normal(d).astype(np.float32)
-cpu = fedhd.encode(x, bits=3, seed=4, log2_chunk=13)
-assert fedhd.encode(cuda.to_device(x), bits=3, seed=4, log2_chunk=13) == cpu
+cpu = fedhd.encode(x, bits=3, seed=4, method="hd-dither", log2_chunk=13)
+assert fedhd.encode(cuda.to_device(x), bits=3, seed=4, method="hd-dither", log2_chunk=13) == cpu
 out = cuda.device_array(d, np.float32)
 np.testing.assert_array_equal(fedhd.decode(cpu, out=out).copy_to_host(), fedhd.decode(cpu))
 print("ok")
@@ -251,7 +258,7 @@ def test_kernels_compile_for_hopper():
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {name: tuple(map(int, rest)) for name, *rest in map(str.split, r.stdout.splitlines())}
     assert set(rows) == {"forward_subblocks", "quantize_columns", "lookup_subblocks",
-                         "inverse_columns", "divide"}
+                         "inverse_columns", "accumulate64", "mean32"}
     for name, (regs, spill, _smem, fma32) in rows.items():
         assert spill == 0 and regs <= 64, (name, regs, spill)
         assert fma32 == 0, f"{name}: float32 fma in the PTX, the CPU rounds twice"
@@ -292,20 +299,20 @@ def test_torch_cuda_tensors_zero_copy_and_dtypes():
         pytest.skip("torch without CUDA")
     x = _vector(100_003, 4)
     t = torch.from_numpy(x).cuda()
-    blob = fedhd.encode(t, bits=2, seed=1)
-    assert _compare_blobs(blob, fedhd.encode(x, bits=2, seed=1)) <= 1e-4
+    blob = hd_encode(t, bits=2, seed=1)
+    assert _compare_blobs(blob, hd_encode(x, bits=2, seed=1)) <= 1e-4
     for dt in (torch.float16, torch.bfloat16, torch.float64):
         host = t.to(dt).float().cpu().numpy()
-        assert _compare_blobs(fedhd.encode(t.to(dt), bits=2, seed=1),
-                              fedhd.encode(host, bits=2, seed=1)) <= 1e-4
+        assert _compare_blobs(hd_encode(t.to(dt), bits=2, seed=1),
+                              hd_encode(host, bits=2, seed=1)) <= 1e-4
     strided = torch.from_numpy(np.repeat(x, 2)).cuda()[::2]
-    assert _compare_blobs(fedhd.encode(strided, bits=2, seed=1), blob) <= 1e-4
+    assert _compare_blobs(hd_encode(strided, bits=2, seed=1), blob) <= 1e-4
     y = fedhd.decode(blob, device="cuda")
     assert isinstance(y, torch.Tensor) and y.is_cuda and y.dtype == torch.float32
     np.testing.assert_array_equal(y.cpu().numpy(), fedhd.decode(blob))
 
     with pytest.raises(TypeError):
-        fedhd.encode(torch.arange(10, device="cuda"), bits=2)
+        hd_encode(torch.arange(10, device="cuda"), bits=2)
 
 
 @real_gpu
@@ -313,8 +320,8 @@ def test_torch_cuda_tensors_zero_copy_and_dtypes():
 def test_cupy_arrays():
     cupy = pytest.importorskip("cupy")
     x = _vector(70_001, 5)
-    blob = fedhd.encode(cupy.asarray(x), bits=4, seed=2)
-    assert _compare_blobs(blob, fedhd.encode(x, bits=4, seed=2)) <= 1e-4
+    blob = hd_encode(cupy.asarray(x), bits=4, seed=2)
+    assert _compare_blobs(blob, hd_encode(x, bits=4, seed=2)) <= 1e-4
     out = cupy.empty(x.shape[0], cupy.float32)
     assert fedhd.decode(blob, out=out) is out
     np.testing.assert_array_equal(cupy.asnumpy(out), fedhd.decode(blob))
@@ -327,15 +334,15 @@ def test_large_vectors_codes_agree(d):
     """Codes differ from the CPU's only where float rounding lands on a boundary."""
     torch = pytest.importorskip("torch")
     x = _vector(d, 6)
-    cpu = fedhd.encode(x, bits=2, seed=8)
-    gpu = fedhd.encode(torch.from_numpy(x).cuda(), bits=2, seed=8)
+    cpu = hd_encode(x, bits=2, seed=8)
+    gpu = hd_encode(torch.from_numpy(x).cuda(), bits=2, seed=8)
     frac = _compare_blobs(cpu, gpu)
     print(f"d={d}: differing payload bytes {frac:.2e}")
     assert frac <= 1e-4
     agg = fedhd.Aggregator(d, seed=8, device="cuda")
     ref = fedhd.Aggregator(d, seed=8)
     for k in range(4):
-        b = fedhd.encode(torch.from_numpy(x).cuda(), bits=2, seed=8, dither_seed=k)
+        b = hd_encode(torch.from_numpy(x).cuda(), bits=2, seed=8, dither_seed=k)
         agg.add(b, weight=k + 0.3)  # weights != 1: the product must round before the sum
         ref.add(b, weight=k + 0.3)
     np.testing.assert_array_equal(agg.mean().cpu().numpy(), ref.mean())
@@ -349,15 +356,15 @@ def test_side_streams():
     torch = pytest.importorskip("torch")
     d = (1 << 22) + 3
     x = _vector(d, 11)
-    want = fedhd.encode(x, bits=2, seed=4)
+    want = hd_encode(x, bits=2, seed=4)
     s = torch.cuda.Stream()
     with torch.cuda.stream(s):
         for _ in range(3):
             t = torch.from_numpy(x).to("cuda", non_blocking=True) * 1.0  # queued on s
-            assert _compare_blobs(fedhd.encode(t.half().float(), bits=2, seed=4),
-                                  fedhd.encode(x.astype(np.float16).astype(np.float32),
+            assert _compare_blobs(hd_encode(t.half().float(), bits=2, seed=4),
+                                  hd_encode(x.astype(np.float16).astype(np.float32),
                                                bits=2, seed=4)) <= 1e-4
-            assert _compare_blobs(fedhd.encode(t, bits=2, seed=4), want) <= 1e-4
+            assert _compare_blobs(hd_encode(t, bits=2, seed=4), want) <= 1e-4
             out = torch.full((d,), float("nan"), device="cuda")
             fedhd.decode(want, out=out)
             got = out.cpu().numpy()  # read on s right after the call

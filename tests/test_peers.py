@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 import fedhd
-from fedhd import peer_kernels as PK
 from fedhd import rng
 from fedhd.bench.inputs import input_family
-from fedhd.layout import make_layout
+from fedhd.kernels import rounding as PK
+from fedhd.layout import code_offsets, make_layout
 from fedhd.lloyd_max import _lloyd, codebook, distortion
 from fedhd.methods import by_id, get
-from fedhd.methods.qsgd import code_offsets, levels_of
+from fedhd.methods.qsgd import levels_of
 from fedhd.methods.topk import blob_bytes, choose_k
 from fedhd.wire import HEADER_BYTES, seal
 
@@ -66,7 +66,7 @@ def test_registry_ids_and_flags():
     for name, i in ids.items():
         assert get(name).method_id == i and by_id(i) is get(name)
         assert name in fedhd.methods()
-        assert get(name).rotated == (name in ROTATED)
+        assert get(name).commutes_with_sum == (name in ROTATED)
     assert [get(m).unbiased for m in PEERS] == [False, True, True, True, True, False, False]
 
 

@@ -30,7 +30,7 @@ def test_signs_golden_and_balanced():
 
 
 def test_numba_kernel_uses_the_same_signs():
-    from fedhd import kernels as K
+    from fedhd.kernels import transform_pack as K
     from fedhd.layout import make_layout
 
     d = 1000

@@ -134,7 +134,7 @@ def test_cli_plan(capsys):
 def local_sweep(tmp_path_factory):
     """A tiny sweep run in-process over strategies.LocalGrid (same apps, no Ray)."""
     from simulations.client_app import app
-    from strategies.localgrid import LocalGrid
+    from benchmarks.localgrid import LocalGrid
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("results")
@@ -169,7 +169,7 @@ def test_sweep_runs_every_config_and_meters_the_wire(local_sweep):
 def test_sweep_is_reproducible(local_sweep):
     from simulations.client_app import app
     from simulations.server_app import run_one
-    from strategies.localgrid import LocalGrid
+    from benchmarks.localgrid import LocalGrid
 
     cfg, _, results, _, _ = local_sweep
     grid = MeteredGrid(LocalGrid(app, num_nodes=cfg.clients, seed=9))  # other node ids

@@ -28,11 +28,12 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
 import fedhd
+from benchmarks.localgrid import LocalGrid, transport
+from fedhd.rng import client_dither_seed as dither_seed
+from fedhd.wire import HEADER_BYTES, seal
 from strategies import CompressedFedAvg, CompressedStrategy, compression_mod, message_wire_bytes
 from strategies import constants as C
-from strategies.localgrid import LocalGrid, transport
-from strategies.mod import dither_seed
-from strategies.wire_size import message_wire_bytes_reference
+from strategies.transport import message_wire_bytes_reference
 
 SHAPES = {"w": (300, 200), "b": (200,), "count": (), "mask": (10,)}
 FLOAT_KEYS = ["w", "b"]
@@ -317,9 +318,8 @@ def _corrupt(kind: str, reply: Message, round_seed: int) -> Message:
         blob = bytearray(fedhd.encode(x, bits=2, seed=seed))
     elif kind in ("nan-scale", "nan-payload"):
         # a NaN first scale (hd-dither) or value (identity) with a recomputed CRC
-        struct.pack_into("<f", blob, 31, float("nan"))
-        import zlib
-        struct.pack_into("<I", blob, 27, zlib.crc32(bytes(blob[31:])))
+        struct.pack_into("<f", blob, HEADER_BYTES, float("nan"))
+        blob = bytearray(seal(blob))
     elif kind == "wrong-bits":
         blob = bytearray(fedhd.encode(np.ones(D, np.float32), bits=3, seed=round_seed))
     elif kind == "no-weight":
@@ -340,8 +340,8 @@ def test_gpu_aggregation_equals_host_aggregation(monkeypatch):
     one) and gives the host's aggregate."""
     import warnings
 
-    from fedhd import gpu
-    from fedhd.cuda_kernels import MAX_LOG2_CHUNK
+    from fedhd.backend import cuda as gpu
+    from fedhd.kernels.cuda import MAX_LOG2_CHUNK
 
     calls = []
     lookup = gpu.lookup_rotated
@@ -449,7 +449,7 @@ def test_wire_bytes_match_the_push_requests():
 
 def test_wire_ratio_on_an_85k_model_at_2_bits():
     torch = pytest.importorskip("torch")
-    from strategies.example import Net
+    from benchmarks.digits_task import Net
 
     torch.manual_seed(0)
     net = Net()
@@ -528,7 +528,7 @@ def test_exact_patterns_travel_uncompressed_and_average_like_fedavg():
 
 def test_batchnorm_model_with_exact_running_stats():
     pytest.importorskip("torch")
-    from strategies.example import centralized_evaluate, init_arrays, make_client_app
+    from benchmarks.digits_task import centralized_evaluate, init_arrays, make_client_app
 
     def run(strategy):
         grid = LocalGrid(make_client_app(compress=True), 2)

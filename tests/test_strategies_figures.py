@@ -11,7 +11,7 @@ pytest.importorskip("sklearn")
 
 @pytest.mark.slow
 def test_figures_bits2_against_fedavg():
-    from strategies.figures import run_figures
+    from benchmarks.flower_figures import run_figures
 
     r = run_figures(num_nodes=8, rounds=5, bits=2)
     assert 80_000 <= r["num_params"] <= 90_000

@@ -47,8 +47,8 @@ def _constriction(x: np.ndarray, blob: bytes, chunks: int) -> None:
     """Code the symbols of the first ``chunks`` chunks with constriction, same model."""
     import constriction
 
-    from .. import ec_kernels as E
     from .. import rng
+    from ..kernels import rans as E
     from ..layout import make_layout
     from ..methods import hd_dither_ec as H
     from ..wire import read_header
@@ -62,7 +62,7 @@ def _constriction(x: np.ndarray, blob: bytes, chunks: int) -> None:
     models = np.frombuffer(blob, np.uint8, C, H.TABLE_OFF + 12 * C)
     y = np.empty(layout.padded, np.float32)
     E.rotate_norms(x, h.d, layout.starts, layout.sizes, rng.sign_keys(h.seed, C), y)
-    dkeys = H.dither_keys(h.dither_seed, C)
+    dkeys = rng.coordinate_dither_keys(h.dither_seed, C)
     ours_bits = 32.0 * float(counts[:chunks].sum())
     their_bits, their_enc, their_dec, n_sym = 0.0, 0.0, 0.0, 0
     cat = constriction.stream.model.Categorical

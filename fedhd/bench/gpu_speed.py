@@ -23,8 +23,7 @@ import numpy as np
 from .. import rng
 from ..api import decode, encode
 from ..grid import grid
-from ..layout import DEFAULT_LOG2_CHUNK
-from ..methods.base import code_offsets
+from ..layout import DEFAULT_LOG2_CHUNK, code_offsets
 from ..methods.hd_dither import METHOD as HD_DITHER
 from ..wire import HEADER_BYTES
 
@@ -74,8 +73,8 @@ def bench_gpu(d: int, bits: int, repeat: int, check_cpu: bool) -> dict[str, obje
     timing meaning); the torch baseline needs torch with CUDA and is NaN without it."""
     from numba import cuda
 
-    from .. import gpu
-    from ..cuda_kernels import MAX_LOG2_CHUNK
+    from ..backend import cuda as gpu
+    from ..kernels.cuda import MAX_LOG2_CHUNK
 
     sync = cuda.synchronize
     lc = min(DEFAULT_LOG2_CHUNK, MAX_LOG2_CHUNK)
@@ -84,8 +83,9 @@ def bench_gpu(d: int, bits: int, repeat: int, check_cpu: bool) -> dict[str, obje
     dst = gpu.empty(d, np.float32)
     t_copy = best_time(lambda: dst.copy_to_device(x), repeat, sync)
 
-    blob = encode(x, bits=bits, seed=1, log2_chunk=lc)
-    t_enc = best_time(lambda: encode(x, bits=bits, seed=1, log2_chunk=lc), repeat, sync)
+    blob = encode(x, bits=bits, seed=1, method="hd-dither", log2_chunk=lc)
+    t_enc = best_time(lambda: encode(x, bits=bits, seed=1, method="hd-dither", log2_chunk=lc),
+                      repeat, sync)
     method = HD_DITHER
     h, layout, payload = method.open(memoryview(blob))
     C = layout.chunks
@@ -105,7 +105,8 @@ def bench_gpu(d: int, bits: int, repeat: int, check_cpu: bool) -> dict[str, obje
 
     diff = float("nan")
     if check_cpu:
-        cpu = np.frombuffer(encode(x_host, bits=bits, seed=1, log2_chunk=lc), np.uint8)
+        cpu = np.frombuffer(encode(x_host, bits=bits, seed=1, method="hd-dither",
+                                   log2_chunk=lc), np.uint8)
         diff = float((cpu[HEADER_BYTES:] != np.frombuffer(blob, np.uint8)[HEADER_BYTES:]).mean())
     ms = 1e3
     return {"device": device_name(), "method": "hd-dither", "bits": bits, "d": d,

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .. import kernels as K
 from .. import rng
 from ..api import Codec, methods
+from ..kernels import transform_pack as K
 from ..layout import make_layout
 from ..methods import get
 

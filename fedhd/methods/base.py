@@ -1,43 +1,87 @@
 """The method contract: every compressor encodes a float32 vector into one blob.
 
 A ``Method`` turns a validated 1-D float32 vector into a blob that starts with the common
-header (``fedhd.wire``) and decodes it back. Methods that rotate with the shared HD
-transform (``rotated = True``) also decode into the rotated domain, so a server can sum
-many clients there and run one inverse rotation (decode-after-sum, ``fedhd.Aggregator``).
+header (``fedhd.wire``) and decodes it back. Where a call runs (CPU or GPU) is decided by
+the caller (``fedhd.Codec``, ``fedhd.Aggregator``), which passes the ``Backend`` to the
+hooks; a method only states what it can do on a device:
+
+- ``device_encode`` / ``device_decode``: its hooks run on any backend (else the caller
+  gives them host vectors and ``fedhd.backend.CPU``);
+- ``commutes_with_sum``: it decodes into the rotated domain of the shared HD rotation,
+  where the server sums many clients and runs ONE inverse rotation per round
+  (``rotated_contribution``; decode-after-sum, ``fedhd.Aggregator``).
+
+A concrete method class sets ``name``; its wire id comes from ``methods.ids.METHOD_IDS``.
+A class with a name missing from that table, or without a name while not marked
+``abstract``, fails at import.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import kernels as K
-from .. import rng
+from ..backend import Backend
+from ..backend.cpu import finite_chunk_sumsq
 from ..errors import DecodeError
 from ..layout import Layout, make_layout
 from ..wire import HEADER_BYTES, Header, check_payload, read_header, seal, write_header
+from .ids import METHOD_IDS
+
+__all__ = ["MAX_DECODED", "Contribution", "Method", "finite_chunk_sumsq", "norm_of_chunk_fields",
+           "round_up_f32"]
+
+#: Largest magnitude a decoded coordinate may have: 2**31 coordinates of it still sum to a
+#: finite float32 (2**127 < 3.4e38). Decoders refuse fields that imply more.
+MAX_DECODED = 2.0**96
+
+
+class Contribution:
+    """One blob decoded as far as the rotated domain, validated, not yet summed."""
+
+    #: Bound on |value| of every rotated coordinate it adds (before the weight).
+    max_abs: float
+
+    def add_to(self, acc: Any, weight: float, be: Backend) -> None:
+        """acc (padded) += weight * the rotated chunks, scaled so that ``be.unrotate`` of
+        the sum gives the weighted sum of decoded vectors."""
+        raise NotImplementedError
 
 
 class Method:
-    """Base class. Subclasses set ``name``, ``method_id`` and implement the hooks."""
+    """Base class. Subclasses set ``name`` and implement the hooks."""
 
-    name: str = ""
-    method_id: int = 0
-    rotated: bool = False
-    unbiased: bool = True
+    #: Set True on classes that are bases of other methods (no name, no id).
+    abstract: ClassVar[bool] = True
+    name: ClassVar[str] = ""
+    method_id: ClassVar[int] = -1
+    #: E[decode(encode(x))] = x for every x (over the dither / rounding randomness).
+    unbiased: ClassVar[bool] = True
+    #: Decodes into the shared rotated domain, where blobs add before ONE inverse rotation.
+    commutes_with_sum: ClassVar[bool] = False
     #: Whether ``bits`` is a fixed integer rate (False: a float budget in bits/coordinate).
-    integer_bits: bool = True
-    min_bits: float = 1
-    max_bits: float = 8
-    default_bits: float = 2
-    #: Whether ``encode_payload`` takes a CUDA vector (``fedhd.gpu``); other methods get a
-    #: host copy.
-    gpu_encode: bool = False
-    #: Whether ``decode_payload``/``accumulate_rotated`` write CUDA vectors themselves;
-    #: other methods decode on the host and copy the result up.
-    gpu_decode: bool = False
+    integer_bits: ClassVar[bool] = True
+    min_bits: ClassVar[float] = 1
+    max_bits: ClassVar[float] = 8
+    default_bits: ClassVar[float] = 2
+    #: ``encode_payload`` runs on any backend (else it gets host vectors).
+    device_encode: ClassVar[bool] = False
+    #: ``decode_payload`` and ``rotated_contribution(...).add_to`` run on any backend.
+    device_decode: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("abstract", False):
+            return
+        cls.abstract = False
+        name = cls.__dict__.get("name")
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"method class {cls.__name__} must set a name (or abstract = True)")
+        if name not in METHOD_IDS:
+            raise TypeError(f"method {name!r} ({cls.__name__}) has no wire id: add it to "
+                            "METHOD_IDS in fedhd/methods/ids.py")
+        cls.method_id = METHOD_IDS[name]
 
     # -- arguments -------------------------------------------------------------------------
     def check_bits(self, bits: float) -> float:
@@ -66,39 +110,39 @@ class Method:
         """Total blob length implied by the header (and any method sub-header)."""
         return HEADER_BYTES + self.payload_size(h, layout)
 
-    def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> bytes | np.ndarray:
+    def encode_payload(self, x: Any, h: Header, layout: Layout,
+                       be: Backend) -> bytes | np.ndarray:
+        """The payload bytes of x (a float32 vector of ``be``)."""
         raise NotImplementedError
 
-    def decode_payload(
-        self, payload: memoryview, h: Header, layout: Layout, out: np.ndarray
-    ) -> None:
-        """Write the decoded vector into ``out`` (float32, length d)."""
+    def decode_payload(self, payload: memoryview, h: Header, layout: Layout, out: Any,
+                       be: Backend) -> None:
+        """Write the decoded vector into ``out`` (float32, length d, a vector of ``be``).
+        DecodeError, before anything is written, for a field out of range."""
         raise NotImplementedError
 
-    def accumulate_rotated(
-        self, payload: memoryview, h: Header, layout: Layout, acc: np.ndarray, weight: float
-    ) -> None:
-        """Rotated methods: acc (length layout.padded) += weight * decoded rotated chunks,
-        scaled so that ``unrotate(acc)`` gives the weighted sum of decoded vectors."""
+    def stated_norm(self, payload: memoryview, h: Header, layout: Layout) -> float | None:
+        """The L2 norm of the encoded vector as the blob states it (per-chunk norms or
+        scales), read without decoding; None when the blob carries none."""
+        return None
+
+    def rotated_contribution(self, payload: memoryview, h: Header,
+                             layout: Layout) -> Contribution:
+        """``commutes_with_sum`` methods: the validated blob, ready to add to a rotated sum."""
         raise NotImplementedError
 
     # -- driver ----------------------------------------------------------------------------
-    def encode(
-        self, x: Any, bits: float, seed: int, dither_seed: int, log2_chunk: int
-    ) -> bytes:
-        """x: a float32 numpy vector, or a CUDA one from ``fedhd.gpu.as_device_vector``."""
-        layout = make_layout(x.shape[0], log2_chunk)
-        h = Header(self.method_id, bits, log2_chunk, x.shape[0], seed, dither_seed)
-        if not isinstance(x, np.ndarray) and not (self.gpu_encode and gpu().supported(layout)):
-            x = x.copy_to_host()
-        payload = self.encode_payload(x, h, layout)
+    def encode(self, x: Any, h: Header, be: Backend) -> bytes:
+        """The sealed blob of x (a float32 vector of ``be``) under header ``h``."""
+        layout = make_layout(h.d, h.log2_chunk)
+        payload = self.encode_payload(x, h, layout, be)
         buf = bytearray(HEADER_BYTES + len(payload))
         write_header(buf, h)
         np.frombuffer(buf, np.uint8)[HEADER_BYTES:] = np.frombuffer(payload, np.uint8)
         return seal(buf)
 
     def open(self, blob: memoryview) -> tuple[Header, Layout, memoryview]:
-        """Validate a blob completely (fields, exact length, CRC) before any allocation."""
+        """Validate a blob's framing (fields, exact length, CRC) before any allocation."""
         h = read_header(blob)
         if h.method_id != self.method_id:
             raise DecodeError(f"blob holds method id {h.method_id}, not {self.name}")
@@ -110,113 +154,16 @@ class Method:
         payload = check_payload(blob, self.expected_size(blob, h, layout))
         return h, layout, payload
 
-    def decode(self, blob: memoryview, out: Any = None, device: Any = None) -> Any:
-        """Validate, then decode into ``out`` (a float32 numpy vector of length d, reused
-        when it fits, or a CUDA array that must fit) or, with ``device="cuda[:N]"``, into a
-        new torch tensor there; else into a new numpy vector."""
-        h, layout, payload = self.open(blob)
-        if out is None and device is not None and str(device) != "cpu":
-            out = gpu().new_torch_vector(h.d, device)
-        if out is None or isinstance(out, np.ndarray):
-            if out is None or out.shape != (h.d,) or out.dtype != np.float32:
-                out = np.empty(h.d, np.float32)
-            self.decode_payload(payload, h, layout, out)
-            return out
-        with gpu().call(gpu().device_index(out)):
-            dev = gpu().view(out)
-            if dev.shape != (h.d,) or dev.dtype != np.float32:
-                raise ValueError(f"out must be a float32 CUDA vector of length {h.d}")
-            if self.gpu_decode and gpu().supported(layout):
-                self.decode_payload(payload, h, layout, dev)
-            else:
-                host = np.empty(h.d, np.float32)
-                self.decode_payload(payload, h, layout, host)
-                dev.copy_to_device(host)
-        return out
+
+def norm_of_chunk_fields(payload: memoryview, chunks: int, offset: int = 0) -> float:
+    """sqrt(sum of squares) of ``chunks`` float32 per-chunk norms at ``offset``."""
+    v = np.frombuffer(payload, "<f4", chunks, offset).astype(np.float64)
+    return float(np.sqrt(v @ v))
 
 
-def gpu() -> Any:
-    """``fedhd.gpu``, imported on first use (it imports numba.cuda)."""
-    from .. import gpu as module
-
-    return module
-
-
-def finite_chunk_sumsq(x: np.ndarray, layout: Layout) -> np.ndarray:
-    """Per-chunk sum of squares in float64; ValueError if x holds NaN or Inf.
-
-    A float64 sum of float32 squares cannot overflow, so a non-finite sum means a
-    non-finite input.
-    """
-    ss = K.chunk_sumsq(x, layout.starts, layout.sizes, x.shape[0])
-    if not np.isfinite(ss).all():
-        raise ValueError("x contains NaN or Inf")
-    return ss
-
-
-def unrotate(acc: Any, seed: int, layout: Layout, out: Any) -> Any:
-    """out[:d] = D H acc chunk by chunk (unnormalized H; acc is overwritten). acc and out
-    are both numpy or both CUDA vectors."""
-    keys = rng.sign_keys(seed, layout.chunks)
-    if isinstance(acc, np.ndarray):
-        K.unrotate(acc, layout.d, layout.starts, layout.sizes, keys, out)
-    else:
-        gpu().unrotate(acc, layout, keys, out)
-    return out
-
-
-def code_offsets(layout: Layout, bits: int, head: int) -> np.ndarray:
-    """Byte offset of each chunk's packed codes, after ``head`` bytes of per-chunk fields."""
-    return _code_offsets(layout.d, layout.log2_chunk, bits, head)
-
-
-@lru_cache(maxsize=256)
-def _code_offsets(d: int, log2_chunk: int, bits: int, head: int) -> np.ndarray:
-    sizes = make_layout(d, log2_chunk).sizes
-    off = np.concatenate(([0], np.cumsum(sizes * bits // 8)[:-1])).astype(np.int64) + head
-    off.setflags(write=False)
-    return off
-
-
-class RotatedTableMethod(Method):
-    """A rotated fixed-rate method whose payload is ``head_bytes`` of per-chunk fields,
-    then b-bit codes (``fedhd.kernels`` packing), decoded by a per-chunk table look-up
-    followed by the inverse rotation. Subclasses provide ``head_bytes`` and ``tables``."""
-
-    rotated = True
-    gpu_decode = True
-
-    def head_bytes(self, layout: Layout) -> int:
-        """Bytes of per-chunk fields before the codes."""
-        raise NotImplementedError
-
-    def tables(self, payload: memoryview, h: Header, layout: Layout) -> np.ndarray:
-        """float32 (chunks, 2**b): the decoded rotated value of each code, times 1/n for
-        the unnormalized inverse FWHT; DecodeError for inconsistent per-chunk fields."""
-        raise NotImplementedError
-
-    def payload_size(self, h: Header, layout: Layout) -> int:
-        return self.head_bytes(layout) + layout.padded * int(h.bits) // 8
-
-    def decode_payload(self, payload, h, layout, out):
-        b = int(h.bits)
-        codes = np.frombuffer(payload, np.uint8)
-        keys = rng.sign_keys(h.seed, layout.chunks)
-        tables = self.tables(payload, h, layout)
-        off = code_offsets(layout, b, self.head_bytes(layout))
-        if isinstance(out, np.ndarray):
-            K.dequantize_unrotate(codes, h.d, layout.starts, layout.sizes, keys, tables, b,
-                                  off, out)
-        else:
-            gpu().dequantize_unrotate(codes, layout, keys, tables, b, off, out)
-
-    def accumulate_rotated(self, payload, h, layout, acc, weight):
-        b = int(h.bits)
-        codes = np.frombuffer(payload, np.uint8)
-        tables = self.tables(payload, h, layout)
-        off = code_offsets(layout, b, self.head_bytes(layout))
-        if isinstance(acc, np.ndarray):
-            K.lookup_rotated(codes, layout.starts, layout.sizes, tables, b, off,
-                             np.float32(weight), acc)
-        else:
-            gpu().lookup_rotated(codes, layout, tables, b, off, weight, acc)
+def round_up_f32(v: np.ndarray) -> np.ndarray:
+    """float32 values >= v (float64), the nearest such."""
+    f = v.astype(np.float32)
+    low = f.astype(np.float64) < v
+    f[low] = np.nextafter(f[low], np.float32(np.inf))
+    return f

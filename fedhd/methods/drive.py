@@ -6,7 +6,7 @@ unbiased scale S = ||y'||^2 / ||y'||_1, and the decoder returns D H (S sign(y'))
 vNMSE pi/2 - 1 = 0.571 on Gaussian-like coordinates; unbiased over a uniformly random
 rotation, approximately with one HD (see ``eden``, of which DRIVE is the b = 1 case).
 Coordinates of y' that are exactly 0 (common after rotating sparse inputs) get a fair
-random sign from the dither seed's stream (``fedhd.peer_kernels.nearest_quantize``).
+random sign from the dither seed's stream (``fedhd.kernels.rounding.nearest_quantize``).
 
 Payload: C float32 scales S, then one bit per padded coordinate.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .eden import RotatedCodebook
+from .rotated import RotatedCodebook
 
 _SIGNS = np.array([-1.0, 1.0])
 _SIGNS.setflags(write=False)
@@ -25,7 +25,6 @@ _ZERO.setflags(write=False)
 
 class DRIVE(RotatedCodebook):
     name = "drive"
-    method_id = 6
     min_bits = 1
     max_bits = 1
     default_bits = 1

@@ -19,7 +19,6 @@ FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 class FP16(Method):
     name = "fp16"
-    method_id = 3
     min_bits = 16
     max_bits = 16
     default_bits = 16
@@ -28,11 +27,11 @@ class FP16(Method):
     def payload_size(self, h: Header, layout: Layout) -> int:
         return 2 * h.d
 
-    def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> np.ndarray:
+    def encode_payload(self, x, h, layout, be):
         finite_chunk_sumsq(x, layout)
         return np.clip(x, -FP16_MAX, FP16_MAX).astype("<f2").view(np.uint8)
 
-    def decode_payload(self, payload, h, layout, out):
+    def decode_payload(self, payload, h, layout, out, be):
         v = np.frombuffer(payload, dtype="<f2")
         if not np.isfinite(v).all():
             raise DecodeError("fp16 payload holds a non-finite value")

@@ -11,56 +11,48 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels as K
 from .. import rng
 from ..errors import DecodeError
 from ..grid import KAPPA_WEIGHT, grid
-from ..layout import Layout
-from ..wire import Header
-from .base import RotatedTableMethod, code_offsets, finite_chunk_sumsq, gpu
+from ..layout import Layout, code_offsets
+from .base import norm_of_chunk_fields
+from .rotated import RotatedTableMethod
 
 
 class HDDither(RotatedTableMethod):
     name = "hd-dither"
-    method_id = 1
     unbiased = True  # exactly inside the clip range; see README for the measured residual
-    gpu_encode = True
+    device_encode = True
 
     def head_bytes(self, layout: Layout) -> int:
         return 4 * layout.chunks  # the scale of each chunk
 
-    def encode_payload(self, x, h: Header, layout: Layout) -> np.ndarray:
+    def stated_norm(self, payload, h, layout):
+        return norm_of_chunk_fields(payload, layout.chunks)
+
+    def encode_payload(self, x, h, layout, be):
         b = int(h.bits)
         C = layout.chunks
         g = grid(b)
         thr_norm = g.thresholds(rng.dithers(h.dither_seed, C))  # (C, 2**b - 1) float64
-        keys = rng.sign_keys(h.seed, C)
-        off = code_offsets(layout, b, 4 * C)
         out = np.empty(self.payload_size(h, layout), np.uint8)
-        if isinstance(x, np.ndarray):
-            s = np.sqrt(finite_chunk_sumsq(x, layout)).astype(np.float32)
-            thr = np.full((C, 1 << b), np.inf, np.float32)
-            # thresholds in the domain of the unnormalized FWHT output y' = sqrt(n) y = s z
-            thr[:, :-1] = thr_norm * s[:, None]
-            sum_yc = K.rotate_quantize(x, h.d, layout.starts, layout.sizes, keys, thr, b, out,
-                                       off, (g.clip * s).astype(np.float32))
-        else:  # a CUDA vector: the same steps in fedhd.cuda_kernels
-            s, sum_yc = gpu().rotate_quantize(x, layout, keys, thr_norm, g.clip, b, off, out)
+        s, sum_yc = be.rotate_quantize(x, layout, rng.sign_keys(h.seed, C), thr_norm, g.clip,
+                                       b, code_offsets(layout, b, 4 * C), out)
         nss = layout.sizes * s.astype(np.float64) ** 2  # ||y'||^2 = n ||x_c||^2
         kappa = np.where(sum_yc > 0, nss / np.where(sum_yc > 0, sum_yc, 1.0), 1.0)
         kappa = 1.0 + KAPPA_WEIGHT[b] * (kappa - 1.0)
         out[: 4 * C] = (s * kappa).astype("<f4").view(np.uint8)
+        self.check_encodable(out, h, layout)
         return out
 
-    def tables(self, payload: memoryview, h: Header, layout: Layout) -> np.ndarray:
+    def make_tables(self, payload, h, layout):
         C = layout.chunks
         scales = np.frombuffer(payload, dtype="<f4", count=C)
         if not (np.isfinite(scales).all() and (scales >= 0).all()):
             raise DecodeError("chunk scales must be finite and non-negative")
         u = rng.dithers(h.dither_seed, C)
         # r_j * s / sqrt(n) gives y; the unnormalized inverse FWHT needs one more 1/sqrt(n)
-        return (grid(int(h.bits)).table(u) * (scales / layout.sizes)[:, None]).astype(np.float32)
-
+        return grid(int(h.bits)).table(u) * (scales / layout.sizes)[:, None]
 
 
 METHOD = HDDither()

@@ -3,7 +3,8 @@ entropy-coded to a budget of R bits per coordinate (a float R in [0.5, 8]).
 
 Per chunk c (n coordinates, rotated y' = H D x unnormalized, scale s = ||y'|| / sqrt(n), so
 z = y' / s has unit RMS), with the chunk's step delta and coordinate i's dither u_i ~ U[0, 1)
-(a counter-based function of the dither seed, ``fedhd.ec_kernels``):
+(a counter-based function of the dither seed, ``rng.coordinate_dither_keys`` and
+``fedhd.kernels.rans``):
 
     q_i = floor(z_i / delta - u_i + 1/2),     z^_i = (q_i + u_i) delta.
 
@@ -21,7 +22,7 @@ therefore exactly unbiased; the real code length exceeds the pilot's by more tha
 0.03-bit allowance with negligible probability, and only then (never in practice at
 d >= 2**16) are the steps coarsened.
 
-Coding: a static rANS coder (``fedhd.ec_kernels``, two interleaved states per chunk) under
+Coding: a static rANS coder (``fedhd.kernels.rans``, two interleaved states per chunk) under
 the law a unit-variance model gives to q given the coordinate's dither bin (32 bins): no
 table on the wire. Model 0 is the Gaussian: exact for the worst input (at a fixed variance
 the Gaussian has the largest entropy), and most other inputs cost about as much under it
@@ -40,13 +41,12 @@ Payload (after the 31-byte common header; little-endian; 4-byte fields 4-aligned
 blob):
 
 =========================  ======================================================
-u8                         coder format (1: the model menu of ``fedhd.ec_kernels``)
-u32                        CRC-32 of the common header's first 27 bytes (the wire
-                           CRC covers only the payload; this binds d, bits, seeds)
+u8                         coder format (1: the model menu of ``fedhd.kernels.rans``)
+u32                        reserved, zero (puts the tables on a 4-byte boundary)
 f32 x C                    chunk scales s_c (0: an all-zero chunk, nothing coded)
 f32 x C                    chunk steps delta_c (0 exactly for zero chunks)
 u32 x C                    words of each chunk's rANS stream (0 for zero chunks)
-u8 x C, zeros to 4n        each chunk's model (``fedhd.ec_kernels``: 0 Gaussian,
+u8 x C, zeros to 4n        each chunk's model (``fedhd.kernels.rans``: 0 Gaussian,
                            1 heavier-tailed mixture; 0 for zero chunks)
 u32 x W                    the streams, chunk after chunk
 u32 x P                    zero padding up to ceil(padded / 256) words in all
@@ -68,22 +68,23 @@ from typing import Any
 
 import numpy as np
 
-from .. import ec_kernels as E
 from .. import rng
 from ..errors import DecodeError
+from ..kernels import rans as E
 from ..layout import Layout
 from ..wire import HEADER_BYTES, Header
-from .base import Method
+from .base import Contribution, Method, norm_of_chunk_fields
 
 MODEL_ID = 1
 RESERVED_OFF = HEADER_BYTES + 1  # 4 reserved zero bytes: they align the tables to 4 bytes
-TABLE_OFF = HEADER_BYTES + 5  # blob offset of the chunk tables
+TABLE_OFF = RESERVED_OFF + 4  # blob offset of the chunk tables
+assert TABLE_OFF % 4 == 0, "the chunk tables must start on a 4-byte boundary of the blob"
 _P = TABLE_OFF - HEADER_BYTES  # payload offset of the chunk tables
+_LEAD = -_P % 4  # bytes before the payload in the encoder's buffer: its word area 4-aligned
 COORDS_PER_MIN_WORD = 256  # the word area holds at least ceil(padded / 256) words
 MAG_LIMIT = 2.0**100  # decoded rotated values stay below this (float32 max is 2**128)
 SLACK = 0.03  # bits a coordinate the blob may exceed R by (d >= 2**16; see ``encode_payload``)
 MIN_SLACK_BITS = 1024  # ... and at least this many bits for smaller d
-PILOT_STREAM = 0xEC_0001  # stream of the rotation seed giving the rate controller's dithers
 SAMPLE_ABOVE = 1 << 20  # the controller samples chunks of vectors at least this long
 _FLUSH_BITS = 144  # a chunk stream's cost beyond its symbols: two 64-bit final states + rounding
 _ERRORS = {
@@ -97,11 +98,6 @@ _ERRORS = {
 def table_bytes(chunks: int) -> int:
     """Bytes of the chunk tables: scales, steps, word counts, model ids (padded to 4)."""
     return 12 * chunks + 4 * -(-chunks // 4)
-
-
-def dither_keys(dither_seed: int, chunks: int) -> np.ndarray:
-    """Per-chunk keys of the per-coordinate dithers (``fedhd.ec_kernels``)."""
-    return rng.stream_keys(dither_seed, rng.STREAM_METHOD, chunks)
 
 
 def min_words(padded: int) -> int:
@@ -172,10 +168,26 @@ class _Allocation:
         return hi
 
 
+class ECContribution(Contribution):
+    """A validated hd-dither-ec blob; its streams are decoded (and checked) in ``add_to``,
+    into a temporary, before the sum is touched."""
+
+    def __init__(self, method: HDDitherEC, payload: memoryview, h: Header, layout: Layout):
+        self.method, self.payload, self.h, self.layout = method, payload, h, layout
+        scales, steps, *_ = method._parse(payload, layout)
+        n = layout.sizes.astype(np.float64)
+        st = steps.astype(np.float64)
+        # |(q + u) s delta / n| <= s delta (qmax + 1) / n for every decoded value
+        bound = scales * st * (_qmax(layout.sizes, np.where(st > 0, st, 1.0)) + 1) / n
+        self.max_abs = float(bound.max(initial=0.0))
+
+    def add_to(self, acc, weight, be):
+        acc += self.method.decode_rotated(self.payload, self.h, self.layout, weight)
+
+
 class HDDitherEC(Method):
     name = "hd-dither-ec"
-    method_id = 2
-    rotated = True
+    commutes_with_sum = True
     unbiased = True
     integer_bits = False
     min_bits = 0.5
@@ -187,7 +199,7 @@ class HDDitherEC(Method):
         self.stats: dict[str, Any] = {}
 
     # -- encoder ---------------------------------------------------------------------------
-    def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> np.ndarray:
+    def encode_payload(self, x, h, layout, be):
         t0 = time.perf_counter()
         C, d, padded = layout.chunks, h.d, layout.padded
         sizes, starts = layout.sizes, layout.starts
@@ -208,11 +220,11 @@ class HDDitherEC(Method):
         cap = fixed_bits + budget + max(SLACK * d, MIN_SLACK_BITS)
         alloc = _Allocation(scales, sizes)
         # the steps depend on x and the rotation only, never on the dither: exactly unbiased
-        pilot = rng.stream_keys(h.seed, PILOT_STREAM, C)
+        pilot = rng.pilot_keys(h.seed, C)
         theta, steps, models, iters = self._control(y, layout, scales, alloc, pilot, budget)
         t2 = time.perf_counter()
 
-        dkeys = dither_keys(h.dither_seed, C)
+        dkeys = rng.coordinate_dither_keys(h.dither_seed, C)
         caps = np.where(scales > 0, _stream_caps(sizes), 0)
         cap_off = np.zeros(C + 1, np.int64)
         np.cumsum(caps, out=cap_off[1:])
@@ -232,16 +244,16 @@ class HDDitherEC(Method):
             steps = alloc.steps(theta)  # (the models stay those the pilot chose)
         t3 = time.perf_counter()
 
-        # 3 bytes in front put the word area on a 4-byte boundary: gather writes it in place
+        # _LEAD bytes in front put the word area on a 4-byte boundary: gather writes in place
         T = table_bytes(C)
-        buf = np.zeros(3 + _P + T + 4 * nw, np.uint8)
-        out = buf[3:]
+        buf = np.zeros(_LEAD + _P + T + 4 * nw, np.uint8)
+        out = buf[_LEAD:]
         out[0] = MODEL_ID
         out[_P:_P + 4 * C] = scales.astype("<f4").view(np.uint8)
         out[_P + 4 * C:_P + 8 * C] = steps.astype("<f4").view(np.uint8)
         out[_P + 8 * C:_P + 12 * C] = counts.astype("<u4").view(np.uint8)
         out[_P + 12 * C:_P + 13 * C] = models
-        words = buf[3 + _P + T:].view(np.uint32)
+        words = buf[_LEAD + _P + T:].view(np.uint32)
         E.gather(scratch, cap_off, counts, words)
         if not np.little_endian:  # pragma: no cover - the wire is little-endian
             words.byteswap(inplace=True)
@@ -365,7 +377,7 @@ class HDDitherEC(Method):
         C = layout.chunks
         err = E.decode_chunks(
             words, off, h.d, layout.starts, layout.sizes, rng.sign_keys(h.seed, C), scales,
-            steps, models, dither_keys(h.dither_seed, C), float(weight), mode, out,
+            steps, models, rng.coordinate_dither_keys(h.dither_seed, C), float(weight), mode, out,
         )
         bad = np.flatnonzero(err)
         if bad.size:
@@ -373,7 +385,7 @@ class HDDitherEC(Method):
             raise DecodeError(f"chunk {c}: {_ERRORS.get(int(err[c]), 'corrupt stream')}")
 
     # -- decoder ---------------------------------------------------------------------------
-    def decode_payload(self, payload, h, layout, out):
+    def decode_payload(self, payload, h, layout, out, be):
         t0 = time.perf_counter()
         self._run(payload, h, layout, 1.0, 0, out)
         self.stats["decode_s"] = time.perf_counter() - t0
@@ -381,14 +393,16 @@ class HDDitherEC(Method):
     def decode_rotated(self, payload: memoryview, h: Header, layout: Layout,
                        weight: float = 1.0) -> np.ndarray:
         """weight * the decoded rotated chunks (length ``layout.padded``), scaled so that
-        ``fedhd.methods.base.unrotate`` of it is weight * the decoded vector."""
+        ``Backend.unrotate`` of it is weight * the decoded vector."""
         tmp = np.empty(layout.padded, np.float32)
         self._run(payload, h, layout, weight, 1, tmp)
         return tmp
 
-    def accumulate_rotated(self, payload, h, layout, acc, weight):
-        # decode fully (and so validate every stream) before touching the running sum
-        acc += self.decode_rotated(payload, h, layout, weight)
+    def rotated_contribution(self, payload, h, layout):
+        return ECContribution(self, payload, h, layout)
+
+    def stated_norm(self, payload, h, layout):
+        return norm_of_chunk_fields(payload, layout.chunks, _P)  # s_c = ||x_c||
 
 
 METHOD = HDDitherEC()

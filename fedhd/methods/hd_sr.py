@@ -6,7 +6,7 @@ Per chunk, y' = H D x (shared rotation seed, ``rng.sign_keys``); the 2**b levels
 spread uniformly from min(y') to max(y') and each y'_i is rounded stochastically to one of
 its two neighbouring levels, so E[y_hat'] = y' exactly and the decode is unbiased for
 every input and every rotation. The uniforms are ``rng.uniforms(dither_seed,
-STREAM_METHOD, padded)`` (``fedhd.peer_kernels``).
+STREAM_METHOD, padded)`` (``rng.rounding_key``, ``fedhd.kernels.rounding``).
 
 Payload: per chunk lo and step (2 x float32; level j is lo + j * step), then the codes
 (padded * b / 8 bytes).
@@ -16,26 +16,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels as K
-from .. import peer_kernels as PK
 from .. import rng
 from ..errors import DecodeError
-from ..layout import Layout
-from ..wire import Header
-from .base import RotatedTableMethod, code_offsets, finite_chunk_sumsq
-from .qsgd import method_base_key, round_up_f32
+from ..kernels import rounding as R
+from ..kernels import transform_pack as K
+from ..layout import Layout, code_offsets
+from .base import finite_chunk_sumsq, round_up_f32
+from .rotated import RotatedTableMethod
 
 
 class HDSR(RotatedTableMethod):
     name = "hd-sr"
-    method_id = 5
     default_bits = 4
     unbiased = True
 
     def head_bytes(self, layout: Layout) -> int:
         return 8 * layout.chunks  # the minimum and step of each chunk
 
-    def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> np.ndarray:
+    def encode_payload(self, x, h, layout, be):
         b = int(h.bits)
         C = layout.chunks
         L = 1 << b
@@ -53,14 +51,15 @@ class HDSR(RotatedTableMethod):
         step[short] = np.nextafter(step[short], np.float32(np.inf))
         out = np.empty(self.payload_size(h, layout), np.uint8)
         out[: 8 * C] = np.stack([lo, step], axis=1).astype("<f4").reshape(-1).view(np.uint8)
-        PK.sr_quantize(
+        R.sr_quantize(
             y, layout.padded, layout.starts, layout.sizes, lo64, step.astype(np.float64),
-            np.full(C, L, np.int64), b, method_base_key(h.dither_seed), out,
+            np.full(C, L, np.int64), b, rng.rounding_key(h.dither_seed), out,
             code_offsets(layout, b, 8 * C),
         )
+        self.check_encodable(out, h, layout)
         return out
 
-    def tables(self, payload: memoryview, h: Header, layout: Layout) -> np.ndarray:
+    def make_tables(self, payload, h, layout):
         C = layout.chunks
         f = np.frombuffer(payload, dtype="<f4", count=2 * C).reshape(C, 2).astype(np.float64)
         lo, step = f[:, 0], f[:, 1]
@@ -68,7 +67,7 @@ class HDSR(RotatedTableMethod):
             raise DecodeError("hd-sr lo/step must be finite and step non-negative")
         levels = lo[:, None] + np.arange(1 << int(h.bits))[None, :] * step[:, None]
         # the unnormalized inverse FWHT needs 1/n
-        return (levels / layout.sizes[:, None]).astype(np.float32)
+        return levels / layout.sizes[:, None]
 
 
 METHOD = HDSR()

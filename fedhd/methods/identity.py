@@ -12,7 +12,6 @@ from .base import Method, finite_chunk_sumsq
 
 class Identity(Method):
     name = "identity"
-    method_id = 0
     min_bits = 32
     max_bits = 32
     default_bits = 32
@@ -21,11 +20,11 @@ class Identity(Method):
     def payload_size(self, h: Header, layout: Layout) -> int:
         return 4 * h.d
 
-    def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> np.ndarray:
+    def encode_payload(self, x, h, layout, be):
         finite_chunk_sumsq(x, layout)
         return x.astype("<f4", copy=False).view(np.uint8)
 
-    def decode_payload(self, payload, h, layout, out):
+    def decode_payload(self, payload, h, layout, out, be):
         values = np.frombuffer(payload, dtype="<f4")
         if not np.isfinite(values).all():
             raise DecodeError("identity payload holds NaN or Inf")

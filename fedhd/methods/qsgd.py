@@ -9,33 +9,20 @@ every input: E[x_hat] = x. No rotation, so the error grows with the bucket's
 ||x||_1 / ||x||_2: about sqrt(2 n / pi) / s for Gaussian coordinates while s << sqrt(n).
 
 The uniforms of the rounding come from ``rng.uniforms(dither_seed, STREAM_METHOD,
-padded)`` (``fedhd.peer_kernels``). Payload: C float32 norms, then the codes of every chunk
-(padded * b / 8 bytes, padding coordinates included).
+padded)`` (``rng.rounding_key``, ``fedhd.kernels.rounding``). Payload: C float32 norms,
+then the codes of every chunk (padded * b / 8 bytes, padding coordinates included).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import peer_kernels as PK
 from .. import rng
 from ..errors import DecodeError
-from ..layout import Layout
+from ..kernels import rounding as R
+from ..layout import Layout, code_offsets
 from ..wire import Header
-from .base import Method, code_offsets, finite_chunk_sumsq
-
-
-def round_up_f32(v: np.ndarray) -> np.ndarray:
-    """float32 values >= v (float64), the nearest such."""
-    f = v.astype(np.float32)
-    low = f.astype(np.float64) < v
-    f[low] = np.nextafter(f[low], np.float32(np.inf))
-    return f
-
-
-def method_base_key(dither_seed: int) -> np.uint64:
-    """The base key of the stochastic-rounding uniforms (see ``fedhd.peer_kernels``)."""
-    return np.uint64(rng.splitmix(int(dither_seed), rng.STREAM_METHOD))
+from .base import Method, finite_chunk_sumsq, norm_of_chunk_fields, round_up_f32
 
 
 def levels_of(bits: int) -> tuple[int, float]:
@@ -48,14 +35,16 @@ def levels_of(bits: int) -> tuple[int, float]:
 
 class QSGD(Method):
     name = "qsgd"
-    method_id = 4
     default_bits = 4
     unbiased = True
 
     def payload_size(self, h: Header, layout: Layout) -> int:
         return 4 * layout.chunks + layout.padded * int(h.bits) // 8
 
-    def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> np.ndarray:
+    def stated_norm(self, payload, h, layout):
+        return norm_of_chunk_fields(payload, layout.chunks)
+
+    def encode_payload(self, x, h, layout, be):
         b = int(h.bits)
         C = layout.chunks
         norm = round_up_f32(np.sqrt(finite_chunk_sumsq(x, layout)))
@@ -65,13 +54,13 @@ class QSGD(Method):
         n64 = norm.astype(np.float64)
         out = np.empty(self.payload_size(h, layout), np.uint8)
         out[: 4 * C] = norm.astype("<f4").view(np.uint8)
-        PK.sr_quantize(
+        R.sr_quantize(
             x, h.d, layout.starts, layout.sizes, -n64, n64 / s, np.full(C, used, np.int64), b,
-            method_base_key(h.dither_seed), out, code_offsets(layout, b, 4 * C),
+            rng.rounding_key(h.dither_seed), out, code_offsets(layout, b, 4 * C),
         )
         return out
 
-    def decode_payload(self, payload, h, layout, out):
+    def decode_payload(self, payload, h, layout, out, be):
         b = int(h.bits)
         C = layout.chunks
         norm = np.frombuffer(payload, dtype="<f4", count=C)
@@ -81,7 +70,7 @@ class QSGD(Method):
         grid = np.zeros(1 << b)
         grid[:used] = -1.0 + np.arange(used) / s
         tables = (norm.astype(np.float64)[:, None] * grid[None, :]).astype(np.float32)
-        PK.lookup_plain(np.frombuffer(payload, np.uint8), h.d, layout.starts, layout.sizes,
+        R.lookup_plain(np.frombuffer(payload, np.uint8), h.d, layout.starts, layout.sizes,
                         tables, b, code_offsets(layout, b, 4 * C), out)
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import peer_kernels as PK
 from ..errors import DecodeError
+from ..kernels import rounding as R
 from ..layout import Layout
 from ..wire import HEADER_BYTES, Header
 from .base import Method, finite_chunk_sumsq
@@ -44,7 +44,6 @@ def choose_k(budget_bits: float, d: int) -> int:
 
 class TopK(Method):
     name = "topk"
-    method_id = 9
     integer_bits = False
     min_bits = 1 / 16
     max_bits = 64
@@ -58,7 +57,7 @@ class TopK(Method):
     def payload_size(self, h: Header, layout: Layout) -> int:
         return blob_bytes(choose_k(h.bits, h.d), h.d) - HEADER_BYTES
 
-    def encode_payload(self, x: np.ndarray, h: Header, layout: Layout) -> np.ndarray:
+    def encode_payload(self, x, h, layout, be):
         finite_chunk_sumsq(x, layout)
         d = h.d
         k = choose_k(h.bits_x16 / 16, d)  # what the decoder will derive from the header
@@ -71,18 +70,18 @@ class TopK(Method):
         w = index_width(d)
         ib = (k * w + 7) // 8
         out = np.zeros(ib + 4 * k, np.uint8)
-        PK.pack_uint(idx, w, out[:ib])
+        R.pack_uint(idx, w, out[:ib])
         out[ib:] = x[idx].astype("<f4").view(np.uint8)
         return out
 
-    def decode_payload(self, payload, h, layout, out):
+    def decode_payload(self, payload, h, layout, out, be):
         d = h.d
         buf = np.frombuffer(payload, np.uint8)
         k = choose_k(h.bits, d)
         w = index_width(d)
         ib = (k * w + 7) // 8
         idx = np.empty(k, np.int64)
-        PK.unpack_uint(buf[:ib], k, w, idx)
+        R.unpack_uint(buf[:ib], k, w, idx)
         if k and (idx[-1] >= d or (k > 1 and not (np.diff(idx) > 0).all())):
             raise DecodeError("topk indices must be increasing and below d")
         vals = buf[ib:].view("<f4")

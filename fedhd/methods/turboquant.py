@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from .eden import RotatedCodebook
+from .base import norm_of_chunk_fields
+from .rotated import RotatedCodebook
 
 
 class TurboQuant(RotatedCodebook):
     name = "turboquant"
-    method_id = 8
     default_bits = 2
     unbiased = False
 
     def scale(self, nss: np.ndarray, dot: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         return sigma
+
+    def stated_norm(self, payload, h, layout):
+        return norm_of_chunk_fields(payload, layout.chunks)
 
 
 METHOD = TurboQuant()

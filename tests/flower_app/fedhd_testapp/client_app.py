@@ -4,6 +4,6 @@ The mod is inert unless the server's train config asks for compression, so the s
 ClientApp serves FedAvg and CompressedFedAvg runs.
 """
 
-from strategies.example import make_client_app
+from benchmarks.digits_task import make_client_app
 
 app = make_client_app(compress=True)  # ClientApp(mods=[compression_mod]) + train/evaluate

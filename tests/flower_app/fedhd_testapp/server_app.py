@@ -10,8 +10,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from benchmarks.digits_task import centralized_evaluate, init_arrays
 from strategies import CompressedFedAvg
-from strategies.example import centralized_evaluate, init_arrays
 
 app = ServerApp()
 

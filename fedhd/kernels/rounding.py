@@ -1,8 +1,9 @@
-"""Numba kernels of the peer compressors (qsgd, hd-sr, drive, eden, turboquant, topk).
+"""Rounding and packing kernels (numba, CPU) of the peer compressors (qsgd, hd-sr, drive, eden,
+turboquant, topk): stochastic rounding, nearest-centroid codes, plain look-up, integer packing.
 
-They follow the conventions of ``fedhd.kernels``: chunk c covers coordinates
+They follow the conventions of ``fedhd.kernels.transform_pack``: chunk c covers coordinates
 [starts[c], starts[c] + sizes[c]) of the padded vector, its b-bit codes start at byte
-code_off[c] and are packed LSB-first by ``kernels.pack_codes``.
+code_off[c] and are packed LSB-first by ``transform_pack.pack_codes``.
 
 Stochastic rounding uses the counter-based stream of ``fedhd.rng``: the uniform of padded
 coordinate g is ``(splitmix(base, g) >> 11) * 2**-53`` with
@@ -15,8 +16,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from . import kernels as K
-from .rng import splitmix_nb
+from ..rng import splitmix_nb
+from . import transform_pack as K
+from .threads import over_chunks
 
 _INV53 = 2.0**-53
 
@@ -27,7 +29,7 @@ def sr_quantize(v, d, starts, sizes, lo, step, levels, bits, base, out, code_off
     Coordinate g (v[g] for g < d, 0 beyond) gets code floor((v - lo) / step + u_g) clamped
     to [0, levels - 1]: E[lo + code * step] = v inside the grid. step[c] = 0 gives code 0.
     """
-    K.over_chunks(_sr_quantize, sizes, v, d, starts, sizes, lo, step, levels, bits, base, out,
+    over_chunks(_sr_quantize, sizes, v, d, starts, sizes, lo, step, levels, bits, base, out,
                   code_off)
 
 
@@ -64,7 +66,7 @@ def nearest_quantize(y, starts, sizes, thr, cent, bits, out, code_off, base):
     bit of ``splitmix(base, g)``), so the quantizer stays odd-symmetric in distribution.
     """
     dot = np.empty(starts.shape[0], np.float64)
-    K.over_chunks(_nearest_quantize, sizes, y, starts, sizes, thr, cent, bits, out, code_off,
+    over_chunks(_nearest_quantize, sizes, y, starts, sizes, thr, cent, bits, out, code_off,
                   base, dot)
     return dot
 
@@ -116,7 +118,7 @@ def _nearest_quantize(c0, c1, y, starts, sizes, thr, cent, bits, out, code_off, 
 
 def lookup_plain(codes, d, starts, sizes, tables, bits, code_off, out):
     """Decode unrotated chunks: out[g] = tables[c][code_g] for the real coordinates g < d."""
-    K.over_chunks(_lookup_plain, sizes, codes, d, starts, sizes, tables, bits, code_off, out)
+    over_chunks(_lookup_plain, sizes, codes, d, starts, sizes, tables, bits, code_off, out)
 
 
 @njit(nogil=True, cache=True)

@@ -1,8 +1,8 @@
 """Server-side aggregation benchmark: decode-after-sum vs plain FedAvg vs decoding each client.
 
-    python -m strategies.bench --method hd-dither   # 100 clients, d = 10**6, 2 bits
-    python -m strategies.bench --clients 20 --d 100000 --json results/strategies_bench.json
-    python -m strategies.bench --threads 1          # only with fedhd's kernels on one thread
+    python -m benchmarks.aggregation --method hd-dither   # 100 clients, d = 10**6, 2 bits
+    python -m benchmarks.aggregation --clients 20 --d 100000 --json results/strategies_bench.json
+    python -m benchmarks.aggregation --threads 1          # only with fedhd's kernels on one thread
 
 All timings come from the same run, on the same machine, best of ``--repeat``, once per
 thread setting of fedhd's kernels (``fedhd.kernels.set_threads``; the default, then 1):
@@ -33,11 +33,10 @@ from flwr.serverapp.strategy import FedAvg
 
 import fedhd
 from fedhd.bench.speed import best_time
+from strategies import CompressedFedAvg, compression_mod
+from strategies import constants as C
 
-from . import constants as C
-from .fedavg import CompressedFedAvg
 from .localgrid import LocalGrid
-from .mod import compression_mod
 
 
 def _shapes(d: int) -> dict[str, tuple[int, ...]]:

@@ -1,9 +1,9 @@
 """Uplink bytes and accuracy of CompressedFedAvg against plain FedAvg on a small task.
 
-    python -m strategies.figures            # 8 nodes, 5 rounds, hd-dither at 2 bits
-    python -m strategies.figures --json results/strategies_figures.json
+    python -m benchmarks.flower_figures            # 8 nodes, 5 rounds, hd-dither at 2 bits
+    python -m benchmarks.flower_figures --json results/strategies_figures.json
 
-The task is ``strategies.example``: an 85,002-parameter PyTorch MLP on scikit-learn's
+The task is ``benchmarks.digits_task``: an 85,002-parameter PyTorch MLP on scikit-learn's
 digits, IID over the nodes, one local epoch per round, accuracy of the global model on a
 held-out 20 %. Every run goes through ``LocalGrid`` (in-process, messages deflated and
 inflated as the transport does; no Ray). Wire bytes are measured on every train reply as
@@ -23,12 +23,12 @@ import numpy as np
 from flwr.app import Message
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from . import constants as C
-from .example import centralized_evaluate, init_arrays, make_client_app
-from .fedavg import CompressedFedAvg
+from strategies import CompressedFedAvg, message_wire_bytes
+from strategies import constants as C
+from strategies.mod import is_train
+
+from .digits_task import centralized_evaluate, init_arrays, make_client_app
 from .localgrid import LocalGrid
-from .mod import is_train
-from .wire_size import message_wire_bytes
 
 
 def run_one(strategy: Strategy, num_nodes: int, rounds: int, seed: int = 0) -> dict:

@@ -44,8 +44,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .kernels import fwht, load_signed, over_chunks, store_signed
-from .rng import splitmix_nb
+from ..rng import splitmix_nb
+from .threads import over_chunks
+from .transform_pack import fwht, load_signed, store_signed
 
 PREC = 16
 M = 1 << PREC

@@ -1,4 +1,4 @@
-"""The GPU path: CUDA arrays in, the same blobs out (kernels in ``fedhd.cuda_kernels``).
+"""The CUDA backend: CUDA arrays in, the same blobs out (kernels in ``fedhd.kernels.cuda``).
 
 ``fedhd.encode`` takes it for a torch CUDA tensor, a CuPy array or any object with
 ``__cuda_array_interface__`` (viewed zero-copy; other float dtypes are converted on the
@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
-from . import cuda_kernels as CK
-from .layout import MAX_D, Layout
+from ..kernels import cuda as CK
+from ..layout import MAX_D, Layout
+from .cpu import Backend
 
 # --- CUDA arrays in and out ----------------------------------------------------------------
 
@@ -101,7 +102,7 @@ def view(x: Any) -> Any:
 
 
 def as_device_vector(x: Any) -> Any:
-    """A contiguous 1-D float32 numba view of a CUDA array (``fedhd.as_vector``'s twin).
+    """A contiguous 1-D float32 numba view of a CUDA array (``cpu.as_host_vector``'s twin).
 
     TypeError for a non-float dtype, ValueError for a wrong shape or size. torch and CuPy
     arrays of other float dtypes, or with strides, are converted on the device first.
@@ -190,17 +191,12 @@ def copy(a: Any) -> Any:
     return b
 
 
-def divide(a: Any, w: float) -> None:
-    """a[i] = float32(float64(a[i]) / w) in place (the host's float64 mean, on the device)."""
-    CK.divide[-(-a.shape[0] // CK.TPB), CK.TPB](a, np.float64(w))
-
-
 # --- the layout on the device -----------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A layout cut into sub-blocks and column blocks (``fedhd.cuda_kernels``)."""
+    """A layout cut into sub-blocks and column blocks (``fedhd.kernels.cuda``)."""
 
     sb_start: Any
     sb_len: Any
@@ -232,7 +228,7 @@ def supported(layout: Layout) -> bool:
 
 @lru_cache(maxsize=32)
 def _plan(d: int, log2_chunk: int, device_id: int) -> Plan:
-    from .layout import make_layout
+    from ..layout import make_layout
 
     lay = make_layout(d, log2_chunk)
     sizes, starts = lay.sizes, lay.starts
@@ -357,3 +353,78 @@ def _no_codes(device_id: int) -> tuple[Any, Any, Any]:
     """Placeholder code, offset and table arrays for the TRANSFORM mode, per GPU."""
     return (cuda.device_array(1, np.uint8), cuda.device_array(1, np.int64),
             cuda.device_array((1, 1), np.float32))
+
+
+# --- the Backend ---------------------------------------------------------------------------
+
+
+def _blocks(n: int) -> int:
+    return -(-n // CK.TPB)
+
+
+class CudaBackend(Backend):
+    """One CUDA GPU (``index`` None: the current one); vectors are numba device views."""
+
+    name = "cuda"
+
+    def __init__(self, index: int | None):
+        self.index = index
+
+    @classmethod
+    def of_array(cls, x: Any) -> CudaBackend:
+        return cls(device_index(x))
+
+    @classmethod
+    def of_device(cls, device: Any) -> CudaBackend:
+        return cls(parse_device(device))
+
+    def call(self) -> Any:
+        return call(self.index)
+
+    def runs(self, device_kernels: bool, layout: Layout) -> bool:
+        return device_kernels and supported(layout)
+
+    def as_vector(self, x: Any) -> Any:
+        return as_device_vector(x)
+
+    def to_host(self, x: Any) -> np.ndarray:
+        return np.asarray(view(x).copy_to_host())
+
+    def zeros(self, n: int, dtype: Any) -> Any:
+        return zeros(n, dtype)
+
+    def copy(self, a: Any) -> Any:
+        return copy(a)
+
+    def output(self, d: int, out: Any) -> tuple[Any, Any]:
+        if out is None:
+            out = new_torch_vector(d, "cuda" if self.index is None else f"cuda:{self.index}")
+        there = device_index(out)
+        if None not in (self.index, there) and self.index != there:
+            raise ValueError(f"out is on cuda:{there}, the work on cuda:{self.index}")
+        dev = view(out)
+        if dev.shape != (d,) or dev.dtype != np.float32:
+            raise ValueError(f"out must be a float32 CUDA vector of length {d}")
+        return out, dev
+
+    def upload_into(self, dst: Any, host: np.ndarray) -> None:
+        dst.copy_to_device(host)
+
+    def rotate_quantize(self, x, layout, keys, thr_norm, clip, bits, code_off, out):
+        return rotate_quantize(x, layout, keys, thr_norm, clip, bits, code_off, out)
+
+    def dequantize_unrotate(self, codes, layout, keys, tables, bits, code_off, out):
+        dequantize_unrotate(codes, layout, keys, tables, bits, code_off, out)
+
+    def lookup_rotated(self, codes, layout, tables, bits, code_off, weight, acc):
+        lookup_rotated(codes, layout, tables, bits, code_off, weight, acc)
+
+    def unrotate(self, acc, layout, keys, out):
+        unrotate(acc, layout, keys, out)
+
+    def accumulate(self, total, part):
+        part = upload(np.asarray(part, np.float32)) if isinstance(part, np.ndarray) else part
+        CK.accumulate64[_blocks(total.shape[0]), CK.TPB](total, part)
+
+    def finish(self, total, weight, out):
+        CK.mean32[_blocks(total.shape[0]), CK.TPB](total, np.float64(weight), out)

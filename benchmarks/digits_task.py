@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from .mod import compression_mod
+from strategies import compression_mod
 
 NUM_CLASSES = 10
 

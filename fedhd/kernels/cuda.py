@@ -28,7 +28,7 @@ import numpy as np
 from numba import cuda
 from numba.core import config
 
-from .rng import GAMMA, MUL1, MUL2
+from ..rng import GAMMA, MUL1, MUL2
 
 #: Threads per block and log2 of the sub-block length. The defaults are the ones to run;
 #: the CPU test suite shrinks both (FEDHD_CUDA_TPB, FEDHD_CUDA_LOG2_SUB) so that numba's
@@ -305,8 +305,16 @@ def inverse_columns(y, d, out, cb_chunk, cb_col0, cb_ncols, ch_start, ch_width, 
 
 
 @cuda.jit
-def divide(a, w):
-    """a[i] = float32(float64(a[i]) / w)."""
+def accumulate64(total, part):
+    """total[i] += float64(part[i]) (the host's float64 running total, on the device)."""
     i = cuda.grid(1)
-    if i < a.shape[0]:
-        a[i] = np.float32(np.float64(a[i]) / w)
+    if i < total.shape[0]:
+        total[i] += np.float64(part[i])
+
+
+@cuda.jit
+def mean32(total, w, out):
+    """out[i] = float32(total[i] / w)."""
+    i = cuda.grid(1)
+    if i < total.shape[0]:
+        out[i] = np.float32(total[i] / w)

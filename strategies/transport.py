@@ -16,9 +16,11 @@ and TLS records (a few bytes per request) are not counted.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, MutableMapping
+from typing import Any, cast
 
-from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Message, Metadata, RecordDict
 from flwr.proto.message_pb2 import PushObjectRequest  # pylint: disable=E0611
 from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
 from flwr.supercore.inflatable.inflatable_object import (
@@ -113,3 +115,26 @@ def message_wire_bytes_reference(msg: Message) -> int:
                 object_content=obj.deflate(), session_id=_SESSION_ID,
             ).ByteSize()
     return total
+
+
+def message_with_metadata(content: RecordDict, metadata: Metadata) -> Message:
+    """A Message with the given metadata (the constructor's ``metadata`` argument, which
+    Flower uses when it inflates messages, is left out of its typed overloads)."""
+    factory: Any = Message
+    return cast(Message, factory(content=content, metadata=metadata))
+
+
+def as_sent(msg: Message) -> Message:
+    """The message as its sender pushed it: same content (or error), and a copy of the
+    metadata without the ``delivered_at`` stamp the SuperLink adds on delivery."""
+    metadata = copy.copy(msg.metadata)
+    metadata.delivered_at = ""
+    factory: Any = Message
+    if msg.has_error():
+        return cast(Message, factory(error=msg.error, metadata=metadata))
+    return message_with_metadata(msg.content, metadata)
+
+
+def sent_wire_bytes(msg: Message, cache: MutableMapping[str, int] | None = None) -> int:
+    """``message_wire_bytes`` of the message as its sender pushed it (``as_sent``)."""
+    return message_wire_bytes(as_sent(msg), cache)

@@ -1,0 +1,95 @@
+"""The round's compression settings: what the server writes into a train config and the
+client mod reads back (keys in ``strategies.constants``), in one place for both sides."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord, ConfigRecordValues, RecordDict
+
+import fedhd
+
+from . import constants as C
+
+
+class PreconditionError(ValueError):
+    """A train message or its reply cannot be compressed as asked."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the server asks for in a round's train config."""
+
+    method: str
+    bits: float
+    seed: int
+    log2_chunk: int | None
+    exact: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> Settings:
+        """Read and validate the ``fedhd.*`` keys; PreconditionError when malformed."""
+        method = config.get(C.KEY_METHOD)
+        bits = config.get(C.KEY_BITS)
+        seed = config.get(C.KEY_SEED)
+        log2_chunk = config.get(C.KEY_LOG2_CHUNK)
+        exact = config.get(C.KEY_EXACT, [])
+        if not isinstance(method, str):
+            raise PreconditionError(f"'{C.KEY_METHOD}' must be a str, got {method!r}")
+        if method not in fedhd.methods():
+            raise PreconditionError(
+                f"method {method!r} is not available in this fedhd "
+                f"({fedhd.__version__}); known: {fedhd.methods()}"
+            )
+        if isinstance(bits, bool) or not isinstance(bits, (int, float)):
+            raise PreconditionError(f"'{C.KEY_BITS}' must be a number, got {bits!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise PreconditionError(f"'{C.KEY_SEED}' must be an int in [0, 2**64), got {seed!r}")
+        if log2_chunk is not None and (
+            isinstance(log2_chunk, bool) or not isinstance(log2_chunk, int)
+        ):
+            raise PreconditionError(f"'{C.KEY_LOG2_CHUNK}' must be an int, got {log2_chunk!r}")
+        if not isinstance(exact, list) or not all(isinstance(p, str) for p in exact):
+            raise PreconditionError(f"'{C.KEY_EXACT}' must be a list of str, got {exact!r}")
+        try:
+            codec = make_codec(method, float(bits), log2_chunk)
+        except (TypeError, ValueError) as e:
+            raise PreconditionError(str(e)) from None
+        return cls(method, codec.bits, seed, log2_chunk, tuple(str(p) for p in exact))
+
+    def to_config(self) -> dict[str, ConfigRecordValues]:
+        """The ``fedhd.*`` train config keys of these settings."""
+        cfg: dict[str, ConfigRecordValues] = {
+            C.KEY_METHOD: self.method,
+            C.KEY_BITS: float(self.bits),
+            C.KEY_SEED: self.seed,
+        }
+        if self.log2_chunk is not None:
+            cfg[C.KEY_LOG2_CHUNK] = int(self.log2_chunk)
+        if self.exact:
+            cfg[C.KEY_EXACT] = list(self.exact)
+        return cfg
+
+    def codec(self) -> fedhd.Codec:
+        return make_codec(self.method, self.bits, self.log2_chunk)
+
+
+def make_codec(method: str, bits: float | None, log2_chunk: int | None) -> fedhd.Codec:
+    """A fedhd Codec; ``log2_chunk=None`` keeps fedhd's default chunk size."""
+    if log2_chunk is None:
+        return fedhd.Codec(method, bits)
+    return fedhd.Codec(method, bits, log2_chunk)
+
+
+def find_settings_record(content: RecordDict) -> ConfigRecord | None:
+    """The ConfigRecord of ``content`` that carries the ``fedhd.*`` keys, if any."""
+    for record in content.config_records.values():
+        if C.KEY_METHOD in record:
+            return record
+    return None
+
+
+def is_exact(key: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a float array is sent exactly rather than compressed."""
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
