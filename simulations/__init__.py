@@ -1,8 +1,17 @@
-"""Flower simulations of fedhd: accuracy against uplink bytes on non-IID MNIST-1D.
+"""Flower simulations of fedhd: accuracy against the bytes sent and simulated wall-clock.
 
-``python -m simulations`` (= ``make demo``) runs the default sweep of ``default.toml``
-on Flower's Simulation Engine and writes ``results/``; ``python -m simulations --help``
-lists the options. ``flwr run simulations/flwr_app`` runs the same ServerApp/ClientApp pair.
+``python -m simulations`` (= ``make demo``) runs the default sweep of ``default.toml`` (the
+MNIST-1D task) on Flower's Simulation Engine and writes ``results/``; ``--task`` picks
+another task (``fmnist``, ``shakespeare``, ``digits``, or ``package.module:Class`` of your
+own) and ``python -m simulations --help`` lists the options. ``flwr run
+simulations/flwr_app`` runs the same ServerApp/ClientApp pair.
+
+Modules: ``tasks/`` (the task interface and one module per task), ``server_app`` (the
+sweep as one ServerApp), ``client_app``, ``metering`` (bytes of both directions per round
+and node, compression CPU seconds), ``link`` (bytes and compute -> simulated time),
+``results`` (result types), ``report`` (CSV, JSON, markdown, PNG), ``sweep`` (the
+Simulation Engine run), ``config``, ``methods`` (what the sweep reads from fedhd's method
+registry).
 """
 
 import os

@@ -7,6 +7,8 @@ import sys
 from typing import Any
 
 from . import config as C
+from .link import PROFILES
+from .tasks.base import BUILTIN
 
 
 def _seeds(text: str) -> int | str:
@@ -17,12 +19,20 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m simulations",
         description="FedAvg with compressed uplinks on Flower's Simulation Engine: accuracy "
-                    "against uplink bytes for every (method, bits, seed). Defaults come from "
-                    "simulations/default.toml; --config and the flags below override them.")
+                    "against the bytes of both directions and against simulated wall-clock "
+                    "for every (method, bits, seed). Defaults come from "
+                    "simulations/default.toml, then the chosen task's own sweep defaults; "
+                    "--config and the flags below override them.")
     p.add_argument("--config", metavar="TOML", help="a TOML file with a [sweep] table")
     p.add_argument("--quick", action="store_true",
                    help="a small smoke run (< 2 min): the [quick] table of default.toml")
-    p.add_argument("--task", choices=["mnist1d", "digits"])
+    p.add_argument("--task", metavar="NAME|module:Class",
+                   help=f"one of {', '.join(BUILTIN)}, or a simulations.tasks.Task subclass "
+                   "of your own as package.module:Class")
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the task (repeatable), e.g. model=small")
+    p.add_argument("--data-dir", help="folder of the task's data files (task option data-dir; "
+                   "fmnist: the four IDX .gz files)")
     p.add_argument("--clients", type=int, help="virtual clients (SuperNodes)")
     p.add_argument("--fraction", type=float, help="fraction of clients sampled per round")
     p.add_argument("--rounds", type=int)
@@ -36,6 +46,13 @@ def parser() -> argparse.ArgumentParser:
                    help="N (seeds 0..N-1) or a comma-separated list (one seed: '7,')")
     p.add_argument("--out", help="output folder (default results)")
     p.add_argument("--client-cpus", type=float, help="Ray CPUs per ClientApp actor")
+    p.add_argument("--link", choices=sorted(PROFILES),
+                   help="link profile of the simulated wall-clock (default: mobile)")
+    p.add_argument("--downlink-mbps", type=float, help="simulated downlink, Mbit/s")
+    p.add_argument("--uplink-mbps", type=float, help="simulated uplink, Mbit/s")
+    p.add_argument("--latency-ms", type=float, help="simulated latency per transfer, ms")
+    p.add_argument("--compute-scale", type=float,
+                   help="simulated client compute = measured CPU seconds x this")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="Flower's INFO log")
     p.add_argument("--plan", action="store_true",
@@ -44,18 +61,35 @@ def parser() -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace) -> C.SweepConfig:
+    """default.toml, then the task's sweep defaults (when the task is not default.toml's),
+    then ``--config``, ``--quick`` and the flags."""
     cfg = C.default_config()
-    if args.config:
-        cfg = C.load_toml(args.config, cfg)
+    user = C.read_sweep_table(args.config) if args.config else {}
+    task = args.task or user.get("task") or cfg.task
+    cfg = C.for_task(str(task), cfg)
+    if user:
+        cfg = C.from_mapping(user, cfg)
     if args.quick:
         cfg = C.quick(cfg, args.config)
     overrides: dict[str, Any] = {}
+    if args.link:
+        link = PROFILES[args.link]
+        overrides.update(downlink_mbps=link.downlink_mbps, uplink_mbps=link.uplink_mbps,
+                         latency_ms=link.latency_ms)
     for key in ("task", "clients", "fraction", "rounds", "local_epochs", "lr", "alpha",
-                "methods", "bits", "seeds", "out", "client_cpus"):
+                "methods", "bits", "seeds", "out", "client_cpus", "downlink_mbps",
+                "uplink_mbps", "latency_ms", "compute_scale"):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
-    if "bits" in overrides:  # explicit bits apply to every method (fp32 stays at 32)
+    options = dict(cfg.task_options)
+    for item in args.task_option:
+        options.update(C.parse_task_options(item))
+    if args.data_dir:
+        options["data-dir"] = args.data_dir
+    if options != cfg.task_options:
+        overrides["task_options"] = options
+    if "bits" in overrides:  # explicit bits apply to every method (fixed-rate ones keep theirs)
         cfg = cfg.replace(method_bits={})
     return C.from_mapping(overrides, cfg) if overrides else cfg
 
@@ -71,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     from .server_app import plan
 
     pairs, notes = plan(cfg)
-    print(f"fedhd sweep: task {cfg.task}, {cfg.clients} clients ({cfg.clients_per_round}/round),"
-          f" {cfg.rounds} rounds, seeds {cfg.seeds}")
+    options = "".join(f" {k}={v}" for k, v in cfg.task_options.items())
+    print(f"fedhd sweep: task {cfg.task}{options}, {cfg.clients} clients "
+          f"({cfg.clients_per_round}/round), {cfg.rounds} rounds, seeds {cfg.seeds}; link "
+          f"{cfg.downlink_mbps:g}/{cfg.uplink_mbps:g} Mbit/s, {cfg.latency_ms:g} ms")
     print("runs: " + ", ".join(f"{m} {b}b" for m, b in pairs) + f"  (x {len(cfg.seeds)} seeds)")
     for note in notes:
         print(f"note: {note}")
@@ -80,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from . import sweep
 
-    results, seconds, notes = sweep.run(cfg, progress=not args.no_progress, verbose=args.verbose)
+    try:
+        results, seconds, notes = sweep.run(cfg, progress=not args.no_progress,
+                                            verbose=args.verbose)
+    except (FileNotFoundError, ValueError) as e:  # missing data files, too many clients, ...
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     summary = report.write_all(results, cfg, seconds=seconds, notes=notes)
     print(report.console(summary, cfg.out))
     return 0

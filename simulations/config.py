@@ -2,8 +2,9 @@
 
 Keys are kebab-case in TOML and in Flower's run-config (``flwr run -c 'rounds=5'``) and
 snake_case on :class:`SweepConfig`. Flower's run-config holds scalars only, so list-valued
-keys (``methods``, ``bits``, ``seeds``, ``method-bits``) also accept comma-separated strings:
-``methods = "identity,hd-dither"``, ``method-bits = "hd-dither:1,2,4;eden:2"``.
+keys (``methods``, ``bits``, ``seeds``, ``method-bits``, ``task-options``) also accept strings:
+``methods = "identity,hd-dither"``, ``method-bits = "hd-dither:1,2,4;eden:2"``,
+``task-options = "model=small;max-train-windows=500"``.
 ``seeds`` is a count when it is an integer (``seeds = 3``: seeds 0, 1, 2) and a list when
 it is a list or a string (``seeds = "7"``: seed 7).
 """
@@ -15,6 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .link import MOBILE, Link
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,6 +55,35 @@ def parse_seeds(value: Any) -> list[int]:
     return _int_list(value, "seeds")
 
 
+def _scalar(text: str) -> bool | int | float | str:
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_task_options(value: Any) -> dict[str, bool | int | float | str]:
+    """``{"model": "small"}`` or ``"model=small;max-train-windows=500"`` (the task converts
+    each value to the type of its default)."""
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    if isinstance(value, str):
+        out: dict[str, bool | int | float | str] = {}
+        for part in value.split(";"):
+            if part.strip():
+                key, sep, text = part.partition("=")
+                if not sep:
+                    raise ValueError(f"task-options: expected KEY=VALUE, got {part!r}")
+                out[key.strip()] = _scalar(text)
+        return out
+    raise ValueError(f"task-options: expected a table or a string, got {value!r}")
+
+
 def parse_method_bits(value: Any) -> dict[str, list[int]]:
     """``{"identity": [32]}`` or ``"identity:32;hd-dither-ec:1,2"``."""
     if isinstance(value, dict):
@@ -71,6 +103,7 @@ class SweepConfig:
     """Everything one sweep needs; see ``default.toml`` for the meaning of each key."""
 
     task: str = "mnist1d"
+    task_options: dict[str, bool | int | float | str] = field(default_factory=dict)
     clients: int = 20
     fraction: float = 0.5
     rounds: int = 15
@@ -81,7 +114,6 @@ class SweepConfig:
     lr_schedule: str = "cosine"
     momentum: float = 0.9
     alpha: float = 0.5
-    num_samples: int = 5000
     methods: list[str] = field(default_factory=lambda: ["identity", "hd-dither"])
     bits: list[int] = field(default_factory=lambda: [1, 2, 4])
     method_bits: dict[str, list[int]] = field(default_factory=dict)
@@ -89,16 +121,19 @@ class SweepConfig:
     target_fraction: float = 0.95
     out: str = "results"
     client_cpus: float = 1.0
+    downlink_mbps: float = MOBILE.downlink_mbps
+    uplink_mbps: float = MOBILE.uplink_mbps
+    latency_ms: float = MOBILE.latency_ms
+    compute_scale: float = 1.0
     quick: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        from .task import LR_SCHEDULES, TASKS
+        from .tasks.base import LR_SCHEDULES, load
 
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        load(self.task, self.task_options)  # unknown task, module:Class or option: ValueError
         if self.clients < 2:
             raise ValueError("clients must be >= 2")
         if not 0.0 < self.fraction <= 1.0:
@@ -117,6 +152,13 @@ class SweepConfig:
             raise ValueError("target-fraction must be in (0, 1]")
         if self.client_cpus <= 0:
             raise ValueError("client-cpus must be > 0")
+        self.link  # noqa: B018  (validates bandwidths, latency and compute scale)
+
+    @property
+    def link(self) -> Link:
+        """The link model of the simulated wall-clock (:mod:`simulations.link`)."""
+        return Link(downlink_mbps=self.downlink_mbps, uplink_mbps=self.uplink_mbps,
+                    latency_ms=self.latency_ms, compute_scale=self.compute_scale)
 
     @property
     def clients_per_round(self) -> int:
@@ -132,6 +174,8 @@ class SweepConfig:
         for key, value in self.to_dict().items():
             if key == "method-bits":
                 out[key] = ";".join(f"{m}:{','.join(map(str, b))}" for m, b in value.items())
+            elif key == "task-options":
+                out[key] = ";".join(f"{k}={v}" for k, v in value.items())
             elif isinstance(value, list):
                 out[key] = ",".join(map(str, value))
             else:
@@ -147,6 +191,7 @@ _CONVERT = {
     "bits": lambda v: _int_list(v, "bits"),
     "seeds": parse_seeds,
     "method_bits": parse_method_bits,
+    "task_options": parse_task_options,
 }
 
 
@@ -178,18 +223,34 @@ def _read_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.load(f)
 
 
-def load_toml(path: str | Path, base: SweepConfig | None = None) -> SweepConfig:
-    """Read a TOML file (keys under ``[sweep]``, or at top level) over ``base``."""
+def read_sweep_table(path: str | Path) -> dict[str, Any]:
+    """The sweep keys of a TOML file (under ``[sweep]``, or at top level)."""
     data = _read_toml(path)
     data = dict(data.get("sweep", data))
     if isinstance(data.get("quick"), dict):  # the [quick] table of a top-level layout
         del data["quick"]
-    return from_mapping(data, base)
+    return data
+
+
+def load_toml(path: str | Path, base: SweepConfig | None = None) -> SweepConfig:
+    """Read a TOML file (keys under ``[sweep]``, or at top level) over ``base``."""
+    return from_mapping(read_sweep_table(path), base)
 
 
 def default_config() -> SweepConfig:
     """The configuration of ``default.toml`` (the default ``make demo`` run)."""
     return load_toml(DEFAULT_TOML)
+
+
+def for_task(task: str, base: SweepConfig) -> SweepConfig:
+    """``base`` switched to ``task``: the task's ``sweep_defaults`` over ``base`` and no task
+    options (options belong to a task). ``base`` itself when the task is the same."""
+    if task == base.task:
+        return base
+    from .tasks.base import resolve
+
+    defaults = dict(resolve(task).sweep_defaults)
+    return from_mapping({**defaults, "task": task, "task-options": {}}, base)
 
 
 def quick(cfg: SweepConfig, path: str | Path | None = None) -> SweepConfig:

@@ -9,7 +9,8 @@ import warnings
 from typing import Any
 
 from .config import SweepConfig
-from .server_app import RunResult, make_server_app, plan
+from .results import RunResult
+from .server_app import check_clients, make_server_app, plan
 
 
 def backend_config(cfg: SweepConfig, verbose: bool = False) -> dict[str, Any]:
@@ -36,9 +37,12 @@ def run(cfg: SweepConfig, progress: bool = True, verbose: bool = False
         raise SystemExit("nothing to run: " + "; ".join(notes))
     total = len(pairs) * len(cfg.seeds) * cfg.rounds
     torch.set_num_threads(1)  # the server thread evaluates; the actors own the other cores
-    from .task import load_data
+    from . import tasks
 
-    load_data(cfg.task, cfg.num_samples)  # generated once here; the actors read the cache
+    task = tasks.load(cfg.task, cfg.task_options)
+    task.prepare()  # data read or generated once here; the actors read any cache it writes
+    check_clients(cfg)
+    _export_task_path(cfg.task)
 
     bar: Any = None
     if progress:
@@ -85,6 +89,31 @@ def run(cfg: SweepConfig, progress: bool = True, verbose: bool = False
         raise RuntimeError(f"the simulation finished {len(sink)} of {expected} runs; "
                            "rerun with --verbose for Flower's log")
     return sink, seconds, notes
+
+
+def _export_task_path(spec: str) -> None:
+    """Put the folder that holds a user's task module (``module:Class``) and the current
+    folder on ``PYTHONPATH``, which the Ray workers inherit, so they import it as the
+    driver did."""
+    import importlib
+    import sys
+
+    from .tasks.base import BUILTIN
+
+    if spec in BUILTIN:
+        return
+    module_name = spec.partition(":")[0]
+    module = sys.modules.get(module_name) or importlib.import_module(module_name)
+    entries = [os.getcwd()]
+    origin = getattr(module, "__file__", None)
+    if origin:
+        root = os.path.dirname(os.path.abspath(origin))
+        levels = module_name.count(".") + (os.path.basename(origin) == "__init__.py")
+        for _ in range(levels):  # up from the module to its top package
+            root = os.path.dirname(root)
+        entries.insert(0, root)
+    current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(entries + current))
 
 
 def tree_cpu_seconds(root: int | None = None) -> float | None:

@@ -3,12 +3,13 @@ once, packaging that takes ranges (the exact pins live in .ci/constraints.txt)."
 
 from __future__ import annotations
 
+import ast
 import re
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 import fedhd
 from fedhd.methods import METHOD_IDS, by_id, get
@@ -57,3 +58,11 @@ def test_package_metadata_takes_ranges_not_this_machines_pins():
     pins = (ROOT / ".ci" / "constraints.txt").read_text()
     assert "torch==2.13.0" in pins  # the CPU wheel CI installs
 
+
+def test_simulations_import_no_cycle_between_report_and_server_app():
+    def imports(module: str) -> set[str]:
+        tree = ast.parse((ROOT / "simulations" / f"{module}.py").read_text())
+        return {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+
+    assert not any("server_app" in m for m in imports("report"))
+    assert not any("report" in m for m in imports("server_app"))
