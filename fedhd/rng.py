@@ -26,6 +26,9 @@ Definitions (all arithmetic modulo 2**64):
   ``client_dither_seed(round_seed, node_id, partition_id)`` =
   ``derive_seed(round_seed, PARTITION_DOMAIN, partition_id)`` when the node has a
   partition id (stable across runs), else ``derive_seed(round_seed, node_id)``.
+- Downlink (the server's broadcast of model deltas): version v's rotation seed is
+  ``derive_seed(base, DOWNLINK_DOMAIN, v)`` and its dither seed
+  ``derive_seed(base, DOWNLINK_DOMAIN, v, 1)`` (``downlink_seeds``).
 """
 
 from __future__ import annotations
@@ -156,3 +159,13 @@ def client_dither_seed(round_seed: int, node_id: int, partition_id: int | None =
     if partition_id is None:
         return derive_seed(round_seed, node_id)
     return derive_seed(round_seed, PARTITION_DOMAIN, partition_id)
+
+
+#: Separates the downlink's seeds from the rounds' ("downlink").
+DOWNLINK_DOMAIN = 0x646F776E6C696E6B
+
+
+def downlink_seeds(base: int, version: int) -> tuple[int, int]:
+    """(rotation seed, dither seed) of the downlink delta that makes public version v."""
+    return derive_seed(base, DOWNLINK_DOMAIN, version), derive_seed(base, DOWNLINK_DOMAIN,
+                                                                     version, 1)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .errors import DecodeError
 from .layout import MAX_D, MAX_LOG2_CHUNK, MIN_LOG2_CHUNK
@@ -76,7 +77,7 @@ def seal(buf: bytearray) -> bytes:
     return bytes(buf)
 
 
-def rewrite_header(blob: bytes | bytearray | memoryview, **fields: int | float) -> bytes:
+def rewrite_header(blob: bytes | bytearray | memoryview, **fields: Any) -> bytes:
     """A copy of a blob with header fields replaced (``Header`` names: method_id, bits,
     log2_chunk, d, seed, dither_seed) and the CRC recomputed, payload unchanged. For tests
     and fuzzing: it writes whatever it is told, including lies the decoder must refuse."""

@@ -47,6 +47,27 @@ CONFIG_KEYS = (KEY_METHOD, KEY_BITS, KEY_SEED, KEY_LOG2_CHUNK, KEY_EXACT)
 #: negative after a noisy round (NaN in eval mode); sending them exactly avoids that.
 BATCHNORM_STATS = ("*running_mean", "*running_var")
 
+# --- compressed downlink, server -> client (train and evaluate messages) -------------
+# In the message's ConfigRecord, beside the keys above (``strategies.downlink``):
+#: Version t of the public model P_t the message brings the node to.
+KEY_DOWN_VERSION = PREFIX + "down.version"
+#: SHA-256 (hex) of P_t's float32 bytes: the node checks it after applying the deltas.
+KEY_DOWN_HASH = PREFIX + "down.hash"
+#: Every array key of the model, in order, and which of them are float ("public") arrays.
+KEY_DOWN_ORDER = PREFIX + "down.order"
+KEY_DOWN_FLOAT_KEYS = PREFIX + "down.float-keys"
+#: The versions the message's deltas lead to, oldest first (empty: a keyframe, or none).
+KEY_DOWN_DELTAS = PREFIX + "down.deltas"
+#: True when the message's ArrayRecord holds the full P_t (a keyframe).
+KEY_DOWN_KEYFRAME = PREFIX + "down.keyframe"
+#: ArrayRecord key prefix of a delta blob: ``fedhd.down.<version>`` (stype BLOB_STYPE).
+DOWN_BLOB_PREFIX = PREFIX + "down."
+#: Context.state keys where a node keeps P_t (an ArrayRecord) and its version and hash.
+STATE_PUBLIC = PREFIX + "public"
+STATE_PUBLIC_META = PREFIX + "public.meta"
+#: Reason prefix of the error reply of a node whose P does not match the message.
+DOWN_OUT_OF_SYNC = "fedhd.downlink: out of sync"
+
 # --- train reply, client -> server ----------------------------------------------------
 #: RecordDict key of the ConfigRecord that marks a compressed reply.
 REPLY_RECORD = "fedhd"
@@ -78,6 +99,20 @@ METRIC_DROPPED = PREFIX + "dropped"
 METRIC_NORM_DROPPED = PREFIX + "norm_dropped"
 #: Replies scaled down to ``max_update_norm`` (norm_bound="clip").
 METRIC_NORM_CLIPPED = PREFIX + "norm_clipped"
+
+# --- downlink metrics of the messages a round sent (in aggregate_train's / evaluate's) --
+#: Version of the public model the round's messages carried.
+METRIC_DOWN_VERSION = PREFIX + "down.version"
+#: Messages that carried a keyframe (the full P_t, exact).
+METRIC_DOWN_KEYFRAMES = PREFIX + "down.keyframes"
+#: Messages that carried deltas (one or more blobs).
+METRIC_DOWN_DELTA_MESSAGES = PREFIX + "down.delta_messages"
+#: Bytes of the newest delta blob (what an up-to-date node receives).
+METRIC_DOWN_BLOB_BYTES = PREFIX + "down.blob_bytes"
+#: Bytes of older deltas sent to nodes that had missed rounds (catch-up).
+METRIC_DOWN_CATCHUP_BYTES = PREFIX + "down.catchup_bytes"
+#: Bytes of the float arrays of the keyframes sent.
+METRIC_DOWN_KEYFRAME_BYTES = PREFIX + "down.keyframe_bytes"
 #: Replies that were aggregated.
 METRIC_ACCEPTED = PREFIX + "accepted"
 #: Of the accepted replies, how many were compressed.

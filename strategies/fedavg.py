@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from logging import INFO
 from typing import Any
 
@@ -12,7 +12,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from . import constants as C
-from .round import NormBound, RoundCompressor
+from .round import RoundCompressor, split_options
 
 
 class CompressedFedAvg(FedAvg):
@@ -62,8 +62,17 @@ class CompressedFedAvg(FedAvg):
         round; set it a few times above the norms honest clients send.
     norm_bound : "drop" or "clip" (default: "drop")
         See ``max_update_norm``.
+    downlink : bool or str (default: False)
+        Compress the broadcast too: True (fedhd's default method) or a method name. The
+        server then sends each node the compressed deltas of a public model P it missed,
+        with error feedback, or a keyframe (``strategies.downlink``); nodes running
+        ``compression_mod`` rebuild the full model before the app sees it.
+    downlink_bits : float, optional
+        Bits per coordinate of the downlink deltas (the method's default when None).
+    downlink_max_deltas : int (default: 16)
+        Deltas kept for catch-up; a node further behind gets a keyframe.
     **fedavg_kwargs
-        Any ``flwr.serverapp.strategy.FedAvg`` argument (fraction_train,
+        Any other keyword: a ``flwr.serverapp.strategy.FedAvg`` argument (fraction_train,
         fraction_evaluate, min_train_nodes, weighted_by_key, ...).
 
     Per-round train metrics (in the MetricRecord ``aggregate_train`` returns, next to the
@@ -72,26 +81,15 @@ class CompressedFedAvg(FedAvg):
     sends it), ``fedhd.compression_ratio``, ``fedhd.uplink_bytes_total``,
     ``fedhd.blob_bits_per_coordinate``, ``fedhd.accepted``, ``fedhd.compressed``,
     ``fedhd.dropped``, ``fedhd.norm_dropped``, ``fedhd.norm_clipped`` and
-    ``fedhd.error_replies``.
+    ``fedhd.error_replies``; with the downlink also ``fedhd.down.*`` (version, keyframes,
+    delta messages, blob, catch-up and keyframe bytes), in the evaluate metrics too.
     """
 
-    def __init__(
-        self,
-        method: str = C.DEFAULT_METHOD,
-        bits: float | None = None,
-        seed: int = C.DEFAULT_SEED,
-        *,
-        log2_chunk: int | None = None,
-        wire_accounting: bool = True,
-        exact: Sequence[str] = (),
-        device: str | None = None,
-        max_update_norm: float | None = None,
-        norm_bound: NormBound = "drop",
-        **fedavg_kwargs: Any,
-    ) -> None:
+    def __init__(self, method: str = C.DEFAULT_METHOD, bits: float | None = None,
+                 seed: int = C.DEFAULT_SEED, **kwargs: Any) -> None:
+        options, fedavg_kwargs = split_options(kwargs)
         super().__init__(**fedavg_kwargs)
-        self.compressor = RoundCompressor(method, bits, seed, log2_chunk, wire_accounting, exact,
-                                          device, max_update_norm, norm_bound)
+        self.compressor = RoundCompressor(method, bits, seed, **options)
 
     @property
     def method(self) -> str:
@@ -117,7 +115,9 @@ class CompressedFedAvg(FedAvg):
         """FedAvg's train messages, with the round's ``fedhd.*`` keys in their config."""
         self.compressor.begin_round(server_round, arrays)
         config = ConfigRecord({**config, **self.compressor.train_config(server_round)})
-        return super().configure_train(server_round, arrays, config, grid)
+        return self.compressor.address(
+            "train", super().configure_train(server_round, arrays, config, grid), arrays,
+            self.arrayrecord_key, self.configrecord_key)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -129,3 +129,24 @@ class CompressedFedAvg(FedAvg):
         metrics = MetricRecord(dict(outcome.client_metrics or {}))
         metrics.update(outcome.fedhd_metrics)
         return outcome.arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's evaluate messages (with the downlink: each node's deltas)."""
+        return self.compressor.address(
+            "evaluate", super().configure_evaluate(server_round, arrays, config, grid),
+            arrays, self.arrayrecord_key, self.configrecord_key)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """FedAvg's evaluate aggregation, plus the downlink metrics of the messages."""
+        replies = list(replies)
+        down = self.compressor.acknowledge("evaluate", replies)
+        metrics = super().aggregate_evaluate(server_round, replies)
+        if not down:
+            return metrics
+        out = MetricRecord(dict(metrics or {}))
+        out.update(down)
+        return out

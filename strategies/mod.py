@@ -14,10 +14,17 @@ server's ``fedhd.exact`` patterns, travel exactly as the app returned them.
 The reply stays valid for FedAvg-style strategies: the ArrayRecord keeps its record key,
 the MetricRecord is untouched, and a ConfigRecord ``fedhd`` records the float keys.
 
-Evaluate and query messages, and train messages without the ``fedhd.*`` keys, pass
-through unchanged. A precondition that fails (e.g. a reply with two ArrayRecords, arrays
-whose keys or shapes differ from the ones received, or a NaN update) gives a Flower error
-reply with ``ErrorCode.MOD_FAILED_PRECONDITION``, never an exception.
+With the compressed downlink (``CompressedFedAvg(downlink=...)``), train and evaluate
+messages carry the deltas of the public model P (or a keyframe): the mod rebuilds the full
+model from the copy of P it keeps in the node's ``Context.state`` before the app runs, so
+the app sees an ordinary message; the update is then measured against that P. A node whose
+copy does not fit (it restarted, or missed a reply) answers with an error reply saying so
+(``constants.DOWN_OUT_OF_SYNC``) and gets a keyframe next time.
+
+Query messages, and train messages without the ``fedhd.*`` keys, pass through unchanged.
+A precondition that fails (e.g. a reply with two ArrayRecords, arrays whose keys or shapes
+differ from the ones received, or a NaN update) gives a Flower error reply with
+``ErrorCode.MOD_FAILED_PRECONDITION``, never an exception.
 
 Each client's dither seed (``fedhd.rng.client_dither_seed``) derives from the round seed
 and the node's ``partition-id`` when its node config has one (simulations: the Simulation
@@ -39,6 +46,7 @@ from flwr.supercore import log
 from fedhd.rng import client_dither_seed
 
 from . import constants as C
+from .downlink import OutOfSync, find_downlink_record, receive
 from .settings import PreconditionError, Settings, find_settings_record, is_exact
 
 _MOD = "compression_mod"
@@ -48,6 +56,23 @@ def is_train(msg: Message) -> bool:
     """Whether ``msg`` is a train message (``train`` or ``train.<action>``)."""
     message_type = msg.metadata.message_type
     return message_type == "train" or message_type.startswith("train.")
+
+
+def is_evaluate(msg: Message) -> bool:
+    """Whether ``msg`` is an evaluate message (``evaluate`` or ``evaluate.<action>``)."""
+    message_type = msg.metadata.message_type
+    return message_type == "evaluate" or message_type.startswith("evaluate.")
+
+
+def rebuild_model(msg: Message, down: ConfigRecord, context: Context) -> None:
+    """Put the full model into ``msg``: the node's public model P advanced by the message's
+    deltas, or its keyframe (``strategies.downlink.receive``); the app then sees a plain
+    message. OutOfSync when the node's copy does not fit (the server then sends a keyframe).
+    """
+    if len(msg.content.array_records) != 1:
+        raise OutOfSync(f"expects one ArrayRecord, found {len(msg.content.array_records)}")
+    key, record = next(iter(msg.content.array_records.items()))
+    msg.content[key] = receive(record, down, context.state)
 
 
 def node_dither_seed(round_seed: int, msg: Message, context: Context) -> int:
@@ -145,7 +170,16 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     See the module docstring. Use with ``CompressedFedAvg`` (or ``CompressedStrategy``)
     on the server, which writes the ``fedhd.*`` train config keys this mod reads.
     """
-    if not is_train(msg) or not msg.has_content():
+    if not msg.has_content():
+        return call_next(msg, context)
+    if is_train(msg) or is_evaluate(msg):
+        down = find_downlink_record(msg.content)
+        if down is not None:  # the compressed downlink: rebuild the full model first
+            try:
+                rebuild_model(msg, down, context)
+            except OutOfSync as e:
+                return _error_reply(msg, f"{C.DOWN_OUT_OF_SYNC}: {e}")
+    if not is_train(msg):
         return call_next(msg, context)
     settings_record = find_settings_record(msg.content)
     if settings_record is None:

@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from flwr.app import (
@@ -40,10 +40,20 @@ import fedhd
 from fedhd.rng import round_seed
 
 from . import constants as C
+from .downlink import PublicModel, RoundDownlink
 from .settings import Settings, is_exact, make_codec
 from .transport import as_sent, message_wire_bytes, message_with_metadata
 
 MetricsAggrFn = Callable[[list[RecordDict], str], MetricRecord]
+#: Keyword options of ``RoundCompressor`` that the strategies pass through.
+OPTIONS = ("log2_chunk", "wire_accounting", "exact", "device", "max_update_norm", "norm_bound",
+           "downlink", "downlink_bits", "downlink_max_deltas")
+
+
+def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(RoundCompressor options, the rest) of a strategy's keyword arguments."""
+    return ({k: v for k, v in kwargs.items() if k in OPTIONS},
+            {k: v for k, v in kwargs.items() if k not in OPTIONS})
 NormBound = Literal["drop", "clip"]
 
 
@@ -116,13 +126,22 @@ class RoundCompressor:
         Bound on the L2 norm of one client's update (see ``CompressedFedAvg``).
     norm_bound : "drop" or "clip"
         What happens to a reply whose update norm exceeds ``max_update_norm``.
+    downlink : bool or str (default: False)
+        Compress the downlink too (``strategies.downlink``): True for fedhd's default
+        method, or a method name. Messages then carry each node's deltas of the public model
+        P (or a keyframe), and the nodes train from P.
+    downlink_bits : float, optional
+        Bits per coordinate of the downlink deltas (the method's default when None).
+    downlink_max_deltas : int (default: 16)
+        Deltas the server keeps for nodes that missed rounds; further behind: a keyframe.
     """
 
     def __init__(self, method: str = C.DEFAULT_METHOD, bits: float | None = None,
                  seed: int = C.DEFAULT_SEED, log2_chunk: int | None = None,
                  wire_accounting: bool = True, exact: Sequence[str] = (),
                  device: str | None = None, max_update_norm: float | None = None,
-                 norm_bound: NormBound = "drop"):
+                 norm_bound: NormBound = "drop", downlink: bool | str = False,
+                 downlink_bits: float | None = None, downlink_max_deltas: int = 16):
         codec = make_codec(method, bits, log2_chunk)  # validates method, bits, chunk
         self.method = method
         self.bits = codec.bits
@@ -144,6 +163,10 @@ class RoundCompressor:
             raise ValueError(f"norm_bound must be 'drop' or 'clip', got {norm_bound!r}")
         self.max_update_norm = None if max_update_norm is None else float(max_update_norm)
         self.norm_bound = norm_bound
+        self.downlink = None if downlink is False else PublicModel(
+            C.DEFAULT_METHOD if downlink is True else str(downlink), downlink_bits, seed,
+            log2_chunk, downlink_max_deltas, self.exact)
+        self._sent: dict[str, RoundDownlink] = {}  # message type -> what its messages carried
         self._round: RoundState | None = None
 
     # -- configure ------------------------------------------------------------------------
@@ -160,7 +183,11 @@ class RoundCompressor:
         return self.settings(server_round).to_config()
 
     def begin_round(self, server_round: int, arrays: ArrayRecord) -> RoundState:
-        """Remember the global arrays sent in ``server_round``."""
+        """Remember the arrays the nodes train from in ``server_round``: the global arrays,
+        or with the downlink the public model P they hold (advanced to these arrays)."""
+        if self.downlink is not None:
+            self.downlink.advance(arrays)
+            arrays = self.downlink.public_record(arrays)
         numpy_arrays: dict[str, np.ndarray] = {}
         for key in arrays.keys():
             if arrays[key].stype != SType.NUMPY:
@@ -184,6 +211,27 @@ class RoundCompressor:
                                  numpy_arrays, float_keys, vector, offsets)
         return self._round
 
+    def address(self, kind: str, messages: Iterable[Message], arrays: ArrayRecord,
+                arrays_key: str, config_key: str) -> list[Message]:
+        """The messages of a configure call (``kind``: "train" or "evaluate"); with the
+        downlink, each carries its node's deltas or a keyframe instead of ``arrays``."""
+        messages = list(messages)
+        if self.downlink is None or not messages:
+            return messages
+        if kind == "evaluate":
+            self.downlink.advance(arrays)  # evaluate the newest model
+        messages, self._sent[kind] = self.downlink.address(messages, arrays, arrays_key,
+                                                           config_key)
+        return messages
+
+    def acknowledge(self, kind: str, replies: list[Message]) -> dict[str, int]:
+        """Record which nodes got what ``kind``'s messages carried; the downlink metrics."""
+        sent = self._sent.pop(kind, None)
+        if self.downlink is None or sent is None:
+            return {}
+        self.downlink.acknowledge(replies, sent)
+        return sent.metrics()
+
     # -- aggregate ------------------------------------------------------------------------
     def aggregate(
         self,
@@ -199,6 +247,7 @@ class RoundCompressor:
                 f"aggregate_train for round {server_round} without configure_train for it"
             )
         replies = list(replies)
+        down_metrics = self.acknowledge("train", replies)
         errors = [m for m in replies if m.has_error()]
         for m in errors:
             log(INFO, "\t> Received error in reply from node %d: %s",
@@ -210,6 +259,7 @@ class RoundCompressor:
         log(INFO, "aggregate_train: %d replies accepted, %d dropped, %d errors",
             len(accepted), counts[C.METRIC_DROPPED], len(errors))
         fedhd_metrics = self._metrics(st, accepted, counts, len(errors))
+        fedhd_metrics.update(down_metrics)
         if not accepted:
             return RoundOutcome(None, None, fedhd_metrics, [], 0.0)
         total_weight = sum(r.weight for r in accepted)

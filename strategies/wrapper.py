@@ -13,8 +13,9 @@ FedTrimmedAvg) are not supported: decode-after-sum never materializes one client
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from logging import INFO
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -22,7 +23,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from . import constants as C
-from .round import NormBound, RoundCompressor
+from .round import OPTIONS, RoundCompressor
 from .transport import message_with_metadata
 
 
@@ -35,8 +36,9 @@ class CompressedStrategy(Strategy):
         The inner strategy, e.g. ``FedAdam(...)``, ``FedAvgM(...)``, ``FedProx(...)``.
         Its ``arrayrecord_key``, ``configrecord_key``, ``weighted_by_key`` and
         ``train_metrics_aggr_fn`` (FedAvg's attributes) are used when present.
-    method, bits, seed, log2_chunk, wire_accounting, exact, device, max_update_norm, norm_bound
-        As for ``CompressedFedAvg``.
+    method, bits, seed, **options
+        As for ``CompressedFedAvg`` (log2_chunk, wire_accounting, exact, device,
+        max_update_norm, norm_bound, downlink, downlink_bits, downlink_max_deltas).
 
     Examples
     --------
@@ -44,24 +46,14 @@ class CompressedStrategy(Strategy):
     >>> strategy = CompressedStrategy(FedAdam(eta=1e-2), method="hd-dither", bits=2)
     """
 
-    def __init__(
-        self,
-        strategy: Strategy,
-        method: str = C.DEFAULT_METHOD,
-        bits: float | None = None,
-        seed: int = C.DEFAULT_SEED,
-        *,
-        log2_chunk: int | None = None,
-        wire_accounting: bool = True,
-        exact: Sequence[str] = (),
-        device: str | None = None,
-        max_update_norm: float | None = None,
-        norm_bound: NormBound = "drop",
-    ) -> None:
+    def __init__(self, strategy: Strategy, method: str = C.DEFAULT_METHOD,
+                 bits: float | None = None, seed: int = C.DEFAULT_SEED, **options: Any) -> None:
         super().__init__()
         self.strategy = strategy
-        self.compressor = RoundCompressor(method, bits, seed, log2_chunk, wire_accounting, exact,
-                                          device, max_update_norm, norm_bound)
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown options {sorted(unknown)}; known: {list(OPTIONS)}")
+        self.compressor = RoundCompressor(method, bits, seed, **options)
 
     # keys of the inner strategy, with FedAvg's defaults
     @property
@@ -100,7 +92,8 @@ class CompressedStrategy(Strategy):
             base = dict(old) if isinstance(old, ConfigRecord) else {}
             # a fresh record: the caller's train config object is left unchanged
             content[self.configrecord_key] = ConfigRecord({**base, **extra})
-        return messages
+        return self.compressor.address("train", messages, arrays, self.arrayrecord_key,
+                                       self.configrecord_key)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -129,11 +122,20 @@ class CompressedStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Delegated to the inner strategy."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        """The inner strategy's (with the downlink: each node's deltas)."""
+        return self.compressor.address(
+            "evaluate", self.strategy.configure_evaluate(server_round, arrays, config, grid),
+            arrays, self.arrayrecord_key, self.configrecord_key)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Delegated to the inner strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        """The inner strategy's, plus the downlink metrics of the messages."""
+        replies = list(replies)
+        down = self.compressor.acknowledge("evaluate", replies)
+        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        if not down:
+            return metrics
+        out = MetricRecord(dict(metrics or {}))
+        out.update(down)
+        return out

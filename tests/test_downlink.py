@@ -1,0 +1,233 @@
+"""The compressed downlink: every node that trains holds the server's public model P bit for
+bit; nodes that missed rounds catch up by deltas or a keyframe, whichever is smaller; a
+node that lost its state says so and gets a keyframe; updates are measured against P."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from benchmarks.localgrid import LocalGrid
+from strategies import CompressedFedAvg, compression_mod, message_wire_bytes
+from strategies import constants as C
+from strategies.downlink import OutOfSync, PublicModel, model_hash, receive
+
+D_W, D_B = (40, 50), (50,)
+
+
+def initial() -> ArrayRecord:
+    rng = np.random.default_rng(0)
+    return ArrayRecord({"w": Array(rng.standard_normal(D_W).astype(np.float32)),
+                        "b": Array(np.zeros(D_B, np.float32)),
+                        "steps": Array(np.array(0, np.int64))})
+
+
+def vector(record: ArrayRecord) -> np.ndarray:
+    return np.concatenate([record["w"].numpy().ravel(), record["b"].numpy().ravel()])
+
+
+def make_app(seen: list[tuple[int, int, str]]) -> ClientApp:
+    """A numpy 'trainer': new = received + a fixed pseudo-gradient step; it records the hash
+    of the float model it was given (what the app sees, after the mod)."""
+    app = ClientApp(mods=[compression_mod])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        arrays = msg.content["arrays"]
+        rnd = int(msg.content["config"]["server-round"])
+        seen.append((msg.metadata.dst_node_id, rnd, model_hash(vector(arrays))))
+        rng = np.random.default_rng(1000 * rnd + int(context.node_config["partition-id"]))
+        new = ArrayRecord({
+            "w": Array((arrays["w"].numpy() + 0.01 * rng.standard_normal(D_W))
+                       .astype(np.float32)),
+            "b": Array((arrays["b"].numpy() + 0.01).astype(np.float32)),
+            "steps": Array(np.asarray(arrays["steps"].numpy() + 1)),
+        })
+        return Message(RecordDict({"arrays": new, "metrics": MetricRecord(
+            {"num-examples": 10})}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        seen.append((msg.metadata.dst_node_id, -1, model_hash(vector(msg.content["arrays"]))))
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 10,
+                                                            "loss": 1.0})}), reply_to=msg)
+
+    return app
+
+
+class Recording(CompressedFedAvg):
+    """Records the server's P hash each time it addresses messages."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.hashes: dict[int, str] = {}
+        self.metrics: list[MetricRecord] = []
+
+    def configure_train(self, server_round, arrays, config, grid):
+        out = list(super().configure_train(server_round, arrays, config, grid))
+        self.hashes[server_round] = self.compressor.downlink.hash
+        return out
+
+    def aggregate_train(self, server_round, replies):
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        self.metrics.append(metrics)
+        return arrays, metrics
+
+
+def run(num_rounds=12, nodes=10, fraction=0.3, wipe=None, **kw):
+    seen: list[tuple[int, int, str]] = []
+    grid = LocalGrid(make_app(seen), nodes, seed=3)
+    s = Recording("hd-dither", 2, 1, fraction_train=fraction, fraction_evaluate=0.0,
+                  min_available_nodes=1, min_train_nodes=1, downlink="hd-dither",
+                  downlink_bits=2, **kw)
+    if wipe is not None:  # wipe one node's state after round ``wipe[1]``
+        node = grid.node_ids[wipe[0]]
+        inner = s.aggregate_train
+
+        def aggregate_and_wipe(server_round, replies):
+            out = inner(server_round, replies)
+            if server_round == wipe[1]:
+                grid.contexts[node].state = RecordDict()
+            return out
+        s.aggregate_train = aggregate_and_wipe  # type: ignore[method-assign]
+    result = s.start(grid, initial(), num_rounds=num_rounds)
+    return s, seen, result, grid
+
+
+def test_every_node_trains_on_the_servers_public_model_bit_for_bit():
+    s, seen, _, _ = run()
+    trained = [(n, r, h) for n, r, h in seen if r > 0]
+    assert len(trained) == 12 * 3
+    for _, rnd, h in trained:
+        assert h == s.hashes[rnd]
+    m = s.metrics
+    assert all(x[C.METRIC_ERROR_REPLIES] == 0 for x in m)
+    assert sum(x[C.METRIC_DOWN_KEYFRAMES] for x in m) <= 10  # one per node at most
+    assert sum(x[C.METRIC_DOWN_DELTA_MESSAGES] for x in m) >= 12 * 3 - 10
+    assert m[-1][C.METRIC_DOWN_CATCHUP_BYTES] >= 0
+
+
+def test_a_node_with_wiped_state_says_so_then_gets_a_keyframe():
+    s, seen, _, grid = run(num_rounds=10, nodes=3, fraction=1.0, wipe=(1, 3))
+    m = s.metrics
+    assert [x[C.METRIC_ERROR_REPLIES] for x in m] == [0, 0, 0, 1] + [0] * 6
+    assert m[0][C.METRIC_DOWN_KEYFRAMES] == 3 and m[4][C.METRIC_DOWN_KEYFRAMES] == 1
+    assert all(x[C.METRIC_DOWN_KEYFRAMES] == 0 for x in m[1:4] + m[5:])
+    node = grid.node_ids[1]
+    rounds = sorted(r for n, r, _ in seen if n == node)
+    assert rounds == [1, 2, 3, 5, 6, 7, 8, 9, 10]  # round 4 refused, training goes on
+    for _, r, h in seen:
+        assert h == s.hashes[r]
+
+
+def test_the_uplink_update_is_measured_against_the_public_model():
+    """With an exact uplink (identity), the new global model is P + mean update exactly."""
+    seen: list = []
+    grid = LocalGrid(make_app(seen), 2, seed=1)
+    s = CompressedFedAvg("identity", None, 1, fraction_evaluate=0.0, downlink="hd-dither",
+                         downlink_bits=1)
+    res = s.start(grid, initial(), num_rounds=2)
+    p = s.compressor.downlink.vector  # P_1: version of round 2's messages
+    rng = [np.random.default_rng(2000 + i) for i in range(2)]
+    steps = [np.concatenate([0.01 * r.standard_normal(D_W).ravel(), np.full(50, 0.01)])
+             for r in rng]
+    expect = (p.astype(np.float64) + np.mean(steps, axis=0)).astype(np.float32)
+    np.testing.assert_allclose(vector(res.arrays), expect, rtol=0, atol=1e-6)  # float32 ulps
+    assert res.arrays["steps"].numpy() == 2
+
+
+def _model(version_arrays, d=4000):
+    return ArrayRecord({"x": Array(version_arrays.astype(np.float32))})
+
+
+@pytest.mark.parametrize("bits,expect_keyframe", [(2, False), (8, True)])
+def test_a_node_skipping_ten_rounds_gets_the_smaller_of_deltas_and_keyframe(bits,
+                                                                            expect_keyframe):
+    rng = np.random.default_rng(5)
+    pm = PublicModel("hd-dither", bits, 9, None, max_deltas=16)
+    g = rng.standard_normal(4000).astype(np.float32)
+    pm.advance(_model(g))
+    node_state = RecordDict()
+    msg = Message(RecordDict({"arrays": _model(g), "config": ConfigRecord()}), 7, "train")
+    (first,), sent = pm.address([msg], _model(g), "arrays", "config")
+    receive(first.content["arrays"], first.content["config"], node_state)
+    pm.acknowledge([Message(RecordDict(), reply_to=first)], sent)
+    for _ in range(10):
+        g = g + 0.1 * rng.standard_normal(4000).astype(np.float32)
+        pm.advance(_model(g))
+    msg = Message(RecordDict({"arrays": _model(g), "config": ConfigRecord()}), 7, "train")
+    (out,), stats = pm.address([msg], _model(g), "arrays", "config")
+    blobs = [k for k in out.content["arrays"] if k.startswith(C.DOWN_BLOB_PREFIX)]
+    delta_bytes = sum(len(b) for _, b in pm.deltas)
+    assert (delta_bytes >= 4 * 4000) == expect_keyframe
+    assert stats.keyframes == int(expect_keyframe) and len(blobs) == (0 if expect_keyframe
+                                                                     else 10)
+    full = receive(out.content["arrays"], out.content["config"], node_state)
+    np.testing.assert_array_equal(full["x"].numpy(), pm.vector)
+    if not expect_keyframe:
+        assert stats.catchup_bytes == delta_bytes - len(pm.deltas[-1][1])
+        # error feedback: P tracks G to within one delta's error, not ten
+        assert np.linalg.norm(pm.vector - g) < 0.5 * np.linalg.norm(0.1 * np.ones(4000))
+
+
+def test_deltas_older_than_max_deltas_become_keyframes():
+    pm = PublicModel("hd-dither", 2, 9, None, max_deltas=3)
+    g = np.ones(4000, np.float32)
+    pm.advance(_model(g))
+    pm.acked[7] = 0
+    for k in range(5):
+        pm.advance(_model(g + k + 1))
+    assert len(pm.deltas) == 3 and pm._catch_up(0, 16000) is None
+    assert [v for v, _ in pm._catch_up(2, 16000)] == [3, 4, 5]
+
+
+def test_a_stale_or_corrupted_copy_is_refused_and_dropped():
+    pm = PublicModel("hd-dither", 2, 9, None)
+    g = np.ones(4000, np.float32)
+    pm.advance(_model(g))
+    state = RecordDict()
+    cfg = ConfigRecord
+    (m0,), _ = pm.address([Message(RecordDict({"arrays": _model(g), "config": cfg()}), 1,
+                                   "train")], _model(g), "arrays", "config")
+    receive(m0.content["arrays"], m0.content["config"], state)
+    pm.acked[1] = 0
+    pm.advance(_model(g * 2))
+    (m1,), _ = pm.address([Message(RecordDict({"arrays": _model(g), "config": cfg()}), 1,
+                                   "train")], _model(g), "arrays", "config")
+    bad = RecordDict({C.STATE_PUBLIC: ArrayRecord({"x": Array(np.zeros(4000, np.float32))}),
+                      C.STATE_PUBLIC_META: state[C.STATE_PUBLIC_META]})
+    with pytest.raises(OutOfSync, match="hash"):
+        receive(m1.content["arrays"], m1.content["config"], bad)
+    assert C.STATE_PUBLIC not in bad  # dropped: the next message must be a keyframe
+    with pytest.raises(OutOfSync, match="no public model"):
+        receive(m1.content["arrays"], m1.content["config"], RecordDict())
+    full = receive(m1.content["arrays"], m1.content["config"], state)
+    assert hashlib.sha256(full["x"].numpy().tobytes()).hexdigest() == pm.hash
+
+
+def test_downlink_bytes_are_in_the_messages_as_sent():
+    """The train messages of a delta round are a fraction of the plain broadcast's bytes,
+    and the blob bytes the metrics report are inside them."""
+    grid_msgs = []
+
+    class Capture(LocalGrid):
+        def push_messages(self, messages):
+            messages = list(messages)
+            if messages:
+                grid_msgs.append(messages)
+            return super().push_messages(messages)
+
+    seen: list = []
+    grid = Capture(make_app(seen), 4, seed=3)
+    s2 = Recording("hd-dither", 2, 1, fraction_evaluate=0.0, downlink="hd-dither",
+                   downlink_bits=2)
+    s2.start(grid, initial(), num_rounds=3)
+    first = sum(message_wire_bytes(m) for m in grid_msgs[0])  # keyframes
+    last = sum(message_wire_bytes(m) for m in grid_msgs[-1])  # deltas
+    blob = s2.metrics[-1][C.METRIC_DOWN_BLOB_BYTES]
+    assert 4 * blob < last < 0.5 * first
+    assert s2.metrics[0][C.METRIC_DOWN_KEYFRAMES] == 4
