@@ -9,7 +9,7 @@
 from .aggregate import Aggregator
 from .api import Codec, as_vector, decode, encode, methods, update_norm
 from .arrays import Spec, flatten, unflatten
-from .errors import DecodeError
+from .errors import DecodeError, NormExceeded
 from .methods import DEFAULT_METHOD
 from .rng import derive_seed
 from .wire import Header, read_header
@@ -20,6 +20,7 @@ __all__ = [
     "Codec",
     "DecodeError",
     "Header",
+    "NormExceeded",
     "Spec",
     "as_vector",
     "decode",

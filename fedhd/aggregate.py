@@ -19,8 +19,9 @@ import numpy as np
 
 from . import backend
 from . import methods as registry
-from .errors import DecodeError
+from .errors import DecodeError, NormExceeded
 from .layout import make_layout
+from .methods.base import Method
 from .rng import sign_keys
 from .wire import as_bytes, read_header
 
@@ -39,7 +40,7 @@ class Aggregator:
     seed : int, optional
         The round's rotation seed; when given, blobs that sum in the rotated domain must
         carry it.
-    method, bits : optional
+    method, bits, log2_chunk : optional
         When given, every blob must match them.
     device : optional
         "cuda" or "cuda:N": sum methods with device kernels (hd-dither, eden, ...) on that
@@ -50,42 +51,49 @@ class Aggregator:
     """
 
     def __init__(self, d: int, seed: int | None = None, method: str | None = None,
-                 bits: float | None = None, device: Any = None):
+                 bits: float | None = None, device: Any = None,
+                 log2_chunk: int | None = None):
         self.d = int(d)
         self.backend = backend.for_device(device)
         self.seed = seed
         self.method = None if method is None else registry.get(method)
         self.bits = bits
+        self.log2_chunk = log2_chunk
         self._plain: np.ndarray | None = None  # float64 sum of directly decoded vectors
         # (seed, log2_chunk, backend name) -> [backend, running rotated sum, bound]
         self._rotated: dict[tuple[int, int, str], list[Any]] = {}
         self.total_weight = 0.0
         self.count = 0
 
-    def add(self, blob: Any, weight: float = 1.0, scale: float = 1.0) -> None:
-        """Add weight * scale * decode(blob) to the running sum and weight to the total
-        weight (``scale`` < 1 clips an update). DecodeError: nothing was added."""
+    def add(self, blob: Any, weight: float = 1.0, max_norm: float | None = None,
+            clip: bool = False) -> float | None:
+        """Add weight * decode(blob) to the running sum; ``DecodeError``: nothing added.
+
+        ``max_norm``: the server's bound on the update's L2 norm. Over it, the update is
+        refused (``NormExceeded``, nothing added) or, with ``clip``, scaled down to it (the
+        weight still counts in full). A norm the blob states (per-chunk norms) over the
+        bound refuses it without decoding; otherwise the norm of the decoded update is
+        measured (in the rotated domain for ``commutes_with_sum`` methods: no inverse
+        transform), so codes chosen to exceed the stated norm cannot get through.
+        Returns the measured norm when ``max_norm`` is given.
+        """
         if not (np.isfinite(weight) and weight > 0):
             raise ValueError(f"weight must be finite and positive, got {weight}")
-        if not (np.isfinite(scale) and 0 < scale <= 1):
-            raise ValueError(f"scale must be in (0, 1], got {scale}")
-        w = weight * scale
+        if max_norm is not None and not (np.isfinite(max_norm) and max_norm > 0):
+            raise ValueError(f"max_norm must be finite and positive, got {max_norm}")
         view = as_bytes(blob)
-        h = read_header(view)
-        method = registry.by_id(h.method_id)
-        if method is None:
-            raise DecodeError(f"unknown method id {h.method_id}")
-        if self.method is not None and method is not self.method:
-            raise DecodeError(f"blob uses {method.name}, the round uses {self.method.name}")
-        if self.bits is not None and h.bits_x16 != round(self.bits * 16):
-            raise DecodeError(f"blob has {h.bits} bits, the round uses {self.bits}")
-        if h.d != self.d:
-            raise DecodeError(f"blob has length {h.d}, the round expects {self.d}")
+        method = self._method_of(view)
+        h, layout, payload = method.open(view)
+        if max_norm is not None and not clip:
+            stated = method.stated_norm(payload, h, layout)
+            if stated is not None and not stated <= max_norm:
+                raise NormExceeded(stated, max_norm)
+        norm = None
         if method.commutes_with_sum:
-            if self.seed is not None and h.seed != self.seed:
-                raise DecodeError(f"blob has rotation seed {h.seed}, the round uses {self.seed}")
-            h, layout, payload = method.open(view)
             part = method.rotated_contribution(payload, h, layout)
+            if max_norm is not None:
+                norm = part.norm()
+            w = weight * self._norm_factor(norm, max_norm, clip)
             be = (self.backend if self.backend.runs(method.device_decode, layout)
                   else backend.CPU)
             key = (h.seed, h.log2_chunk, be.name)
@@ -101,20 +109,56 @@ class Aggregator:
             x = _decode_host(view).astype(np.float64)
             if not np.isfinite(x).all():
                 raise DecodeError(f"{method.name} blob decodes to NaN or Inf")
-            self._add_plain(w * x)
+            if max_norm is not None:
+                norm = float(np.linalg.norm(x))
+            self._add_plain(weight * self._norm_factor(norm, max_norm, clip) * x)
         self.total_weight += weight
         self.count += 1
+        return norm
 
-    def add_dense(self, x: np.ndarray, weight: float = 1.0) -> None:
-        """Add an uncompressed vector (e.g. a client that did not compress)."""
+    def _method_of(self, view: memoryview) -> Method:
+        """The blob's method, after checking its header against the round."""
+        h = read_header(view)
+        method = registry.by_id(h.method_id)
+        if method is None:
+            raise DecodeError(f"unknown method id {h.method_id}")
+        if self.method is not None and method is not self.method:
+            raise DecodeError(f"blob uses {method.name}, the round uses {self.method.name}")
+        if self.bits is not None and h.bits_x16 != round(self.bits * 16):
+            raise DecodeError(f"blob has {h.bits} bits, the round uses {self.bits}")
+        if h.d != self.d:
+            raise DecodeError(f"blob has length {h.d}, the round expects {self.d}")
+        if self.log2_chunk is not None and h.log2_chunk != self.log2_chunk:
+            raise DecodeError(f"blob has chunk exponent {h.log2_chunk}, the round uses "
+                              f"{self.log2_chunk}")
+        if method.commutes_with_sum and self.seed is not None and h.seed != self.seed:
+            raise DecodeError(f"blob has rotation seed {h.seed}, the round uses {self.seed}")
+        return method
+
+    @staticmethod
+    def _norm_factor(norm: float | None, max_norm: float | None, clip: bool) -> float:
+        """1, or max_norm / norm for an update clipped to the bound (NormExceeded if not
+        clipping)."""
+        if norm is None or max_norm is None or norm <= max_norm:
+            return 1.0
+        if not clip:
+            raise NormExceeded(norm, max_norm)
+        return max_norm / norm
+
+    def add_dense(self, x: np.ndarray, weight: float = 1.0, max_norm: float | None = None,
+                  clip: bool = False) -> float | None:
+        """Add an uncompressed update (e.g. a client that did not compress); ``max_norm``
+        and ``clip`` as for ``add``."""
         if not (np.isfinite(weight) and weight > 0):
             raise ValueError(f"weight must be finite and positive, got {weight}")
         x = np.asarray(x, np.float64).ravel()
         if x.shape != (self.d,) or not np.isfinite(x).all():
             raise ValueError("dense update has the wrong length or is not finite")
-        self._add_plain(weight * x)
+        norm = None if max_norm is None else float(np.linalg.norm(x))
+        self._add_plain(weight * self._norm_factor(norm, max_norm, clip) * x)
         self.total_weight += weight
         self.count += 1
+        return norm
 
     def _add_plain(self, wx: np.ndarray) -> None:
         if not np.isfinite(wx).all():

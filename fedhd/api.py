@@ -49,10 +49,14 @@ class Codec:
             raise ValueError(f"log2_chunk must be in [{MIN_LOG2_CHUNK}, {MAX_LOG2_CHUNK}]")
         self.log2_chunk = int(log2_chunk)
 
-    def encode(self, x: Any, seed: int = 0, dither_seed: int | None = None) -> bytes:
+    def encode(self, x: Any, seed: int = 0, dither_seed: int | None = None,
+               context: Any = None) -> bytes:
         """Compress x (numpy or torch; a CUDA array is encoded on its GPU). ``seed`` fixes
         the rotation (share it among the clients of a round); ``dither_seed`` (default:
-        ``seed``) fixes the dither (give each client its own)."""
+        ``seed``) fixes the dither (give each client its own). ``context``: encoder-side
+        state that only methods with ``takes_context`` read (powersgd: a
+        ``fedhd.methods.powersgd.PowerSGDContext`` with the tensor shapes and the warm
+        start, updated in place); TypeError for any other method."""
         seed = check_seed(seed)
         dither_seed = seed if dither_seed is None else check_seed(dither_seed, "dither_seed")
         be = backend.for_array(x)
@@ -62,7 +66,9 @@ class Codec:
                        seed, dither_seed)
             if not be.runs(self.method.device_encode, make_layout(h.d, h.log2_chunk)):
                 xv, be = be.to_host(xv), backend.CPU
-            return self.method.encode(xv, h, be)
+            if context is None:
+                return self.method.encode(xv, h, be)
+            return self.method.encode(xv, h, be, context)
 
     def decode(self, blob: Any, out: Any = None, device: Any = None) -> Any:
         """Decode a blob of this codec's method; see ``fedhd.decode``."""
@@ -74,12 +80,14 @@ class Codec:
 
 
 def encode(x: Any, bits: float | None = None, seed: int = 0, method: str = DEFAULT_METHOD,
-           dither_seed: int | None = None, log2_chunk: int = DEFAULT_LOG2_CHUNK) -> bytes:
+           dither_seed: int | None = None, log2_chunk: int = DEFAULT_LOG2_CHUNK,
+           context: Any = None) -> bytes:
     """Compress a 1-D float vector into one self-describing blob (bytes).
 
-    ``8 * len(blob)`` is every bit sent: header, scales, padding and codes.
+    ``8 * len(blob)`` is every bit sent: header, scales, padding and codes. ``context``:
+    see ``Codec.encode`` (powersgd only).
     """
-    return Codec(method, bits, log2_chunk).encode(x, seed, dither_seed)
+    return Codec(method, bits, log2_chunk).encode(x, seed, dither_seed, context)
 
 
 def decode(blob: Any, out: Any = None, device: Any = None) -> Any:
@@ -108,17 +116,14 @@ def decode(blob: Any, out: Any = None, device: Any = None) -> Any:
 
 
 def update_norm(blob: Any) -> float:
-    """The L2 norm of the vector a blob encodes: read from its per-chunk norms where the
-    method sends them (``Method.stated_norm``), else that of the decoded vector.
-    DecodeError for a malformed blob or a non-finite norm."""
+    """The L2 norm of the vector a blob decodes to (for ``commutes_with_sum`` methods from
+    the rotated domain, without the inverse transform; padding included). DecodeError for
+    a malformed blob."""
     view = as_bytes(blob)
     method = registry.by_id(read_header(view).method_id)
     if method is None:
         raise DecodeError(f"unknown method id {read_header(view).method_id}")
     h, layout, payload = method.open(view)
-    norm = method.stated_norm(payload, h, layout)
-    if norm is None:
-        norm = float(np.linalg.norm(decode(view).astype(np.float64)))
-    if not np.isfinite(norm):
-        raise DecodeError("the blob states a non-finite norm")
-    return norm
+    if method.commutes_with_sum:
+        return method.rotated_contribution(payload, h, layout).norm()
+    return float(np.linalg.norm(decode(view).astype(np.float64)))

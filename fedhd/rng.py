@@ -29,6 +29,19 @@ Definitions (all arithmetic modulo 2**64):
 - Downlink (the server's broadcast of model deltas): version v's rotation seed is
   ``derive_seed(base, DOWNLINK_DOMAIN, v)`` and its dither seed
   ``derive_seed(base, DOWNLINK_DOMAIN, v, 1)`` (``downlink_seeds``).
+- Summable secure-aggregation codes (``fedhd.modular``): the round's coordinate
+  permutation ``perm = argsort(k)`` (a stable sort) of the keys
+  ``k_g = stream_key(seed, STREAM_PERMUTATION, g)``, from the ROTATION seed, the permuted
+  vector being ``v[perm]`` (``permutation``); a client's per-coordinate subtractive dithers
+  ``(stream_key(dither_seed, STREAM_MODULAR_DITHER, g) >> 11) * 2**-53`` on [0, 1)
+  (``modular_dithers``), with the dither seed
+  ``derive_seed(round_seed, MODULAR_DOMAIN, client_id)`` from the node id the server
+  addresses (``modular_dither_seed``): the server removes the dithers of the survivors.
+- Zero coordinates of scaled-sign take the tie-breaking coin above: the low bit of
+  ``splitmix(rounding_key(dither_seed), g)`` for coordinate g.
+- powersgd's starting Q of matrix view v (when no warm start is given): entry j (row-major
+  over cols x r) is ``2 u - 1`` with ``u = (splitmix(stream_key(dither_seed,
+  STREAM_POWERSGD, v), j) >> 11) * 2**-53`` (``powersgd_start``).
 """
 
 from __future__ import annotations
@@ -169,3 +182,41 @@ def downlink_seeds(base: int, version: int) -> tuple[int, int]:
     """(rotation seed, dither seed) of the downlink delta that makes public version v."""
     return derive_seed(base, DOWNLINK_DOMAIN, version), derive_seed(base, DOWNLINK_DOMAIN,
                                                                      version, 1)
+
+
+# --- streams of fedhd.modular (summable codes for secure aggregation) --------------------
+
+STREAM_PERMUTATION = 0x5A_0001  # the round's coordinate permutation (rotation seed)
+STREAM_MODULAR_DITHER = 0x5A_0002  # a client's per-coordinate subtractive dithers
+#: Separates the modular codes' dither seeds from the other per-client seeds ("summabl").
+MODULAR_DOMAIN = 0x73756D6D61626C
+
+
+def permutation(seed: int, n: int) -> np.ndarray:
+    """The round's permutation of n coordinates (int64): ``argsort`` (stable) of the keys
+    ``stream_key(seed, STREAM_PERMUTATION, g)``; a permuted vector is ``v[perm]``."""
+    return np.argsort(stream_keys(check_seed(seed), STREAM_PERMUTATION, n), kind="stable")
+
+
+def modular_dithers(dither_seed: int, n: int) -> np.ndarray:
+    """The per-coordinate subtractive dithers v_g ~ U[0, 1) of one client, float64."""
+    return uniforms(check_seed(dither_seed, "dither_seed"), STREAM_MODULAR_DITHER, n)
+
+
+def modular_dither_seed(round_seed: int, client_id: int) -> int:
+    """The dither seed of one client's summable code in one round (from its node id)."""
+    return derive_seed(round_seed, MODULAR_DOMAIN, client_id)
+
+
+# --- streams of powersgd -------------------------------------------------------------------
+
+STREAM_POWERSGD = 0x50_0001  # powersgd's starting Q, per matrix view (dither seed)
+
+
+def powersgd_start(dither_seed: int, view: int, count: int) -> np.ndarray:
+    """``count`` float64 values uniform on [-1, 1): the starting Q of powersgd's matrix
+    view ``view`` (row-major), from the client's dither seed."""
+    key = splitmix(splitmix(np.uint64(check_seed(dither_seed, "dither_seed")),
+                            STREAM_POWERSGD), view)
+    u = (splitmix(key, np.arange(count, dtype=np.uint64)) >> _U(11)).astype(np.float64)
+    return u * 2.0**-52 - 1.0

@@ -11,6 +11,7 @@ same around FedAdam, FedAvgM, FedProx and the other mean-based Message-API strat
 Where things are:
 
 - ``mod``: the client side (``compression_mod``);
+- ``error_feedback``: the client's residuals for biased methods (and powersgd's warm start);
 - ``fedavg``, ``wrapper``: the server strategies;
 - ``round``: one round's server logic (open, sum, metrics, rebuild);
 - ``settings``: the train-config format both sides share;
@@ -23,6 +24,7 @@ from .constants import DEFAULT_METHOD
 from .fedavg import CompressedFedAvg
 from .mod import compression_mod
 from .round import RoundCompressor
+from .secagg import SecAggFedAvg, SecAggStrategy, secagg_mod
 from .transport import message_wire_bytes
 from .wrapper import CompressedStrategy
 
@@ -31,7 +33,10 @@ __all__ = [
     "CompressedFedAvg",
     "CompressedStrategy",
     "RoundCompressor",
+    "SecAggFedAvg",
+    "SecAggStrategy",
     "compression_mod",
     "constants",
     "message_wire_bytes",
+    "secagg_mod",
 ]

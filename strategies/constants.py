@@ -15,6 +15,9 @@ key                    type    meaning
                                compressed (optional; e.g. ``*running_var``)
 =====================  ======  ==========================================================
 
+and ``fedhd.error-feedback`` (bool, optional): whether the node keeps its residual and
+adds it to its next update (absent: True for biased methods; ``strategies.error_feedback``).
+
 Train reply (client -> server), written by ``compression_mod``: the reply's single
 ArrayRecord keeps its record key and holds one Array ``fedhd.blob`` (stype
 ``fedhd.blob``, the raw fedhd blob) plus every non-float array and every float array that
@@ -40,7 +43,7 @@ KEY_BITS = PREFIX + "bits"
 KEY_SEED = PREFIX + "seed"
 KEY_LOG2_CHUNK = PREFIX + "log2-chunk"
 KEY_EXACT = PREFIX + "exact"
-CONFIG_KEYS = (KEY_METHOD, KEY_BITS, KEY_SEED, KEY_LOG2_CHUNK, KEY_EXACT)
+CONFIG_KEYS: tuple[str, ...] = (KEY_METHOD, KEY_BITS, KEY_SEED, KEY_LOG2_CHUNK, KEY_EXACT)
 
 #: Patterns for ``exact=`` that keep PyTorch BatchNorm running statistics uncompressed.
 #: Compression noise is spread evenly over a chunk, so a small running variance can turn
@@ -119,3 +122,75 @@ METRIC_ACCEPTED = PREFIX + "accepted"
 METRIC_COMPRESSED = PREFIX + "compressed"
 #: Replies that came back as Flower errors (e.g. a failed precondition in the mod).
 METRIC_ERROR_REPLIES = PREFIX + "error_replies"
+
+# ======================================================================================
+# --- secure aggregation (strategies.secagg): SecAggFedAvg / SecAggStrategy + secagg_mod
+# ======================================================================================
+# Every protocol stage is a "train" message (the one category every training ClientApp
+# registers) whose content holds a ConfigRecord SECAGG_RECORD with the stage name and the
+# protocol bytes (strategies/secagg/protocol.py); the mod answers setup stages itself and
+# lets the app train only in the masked-input stage. A train message without that record
+# passes through secagg_mod unchanged.
+
+#: RecordDict key of the ConfigRecord that carries a protocol stage, both ways.
+SECAGG_RECORD = PREFIX + "secagg"
+#: In that record: the stage name (one of SECAGG_STAGES).
+SECAGG_KEY_STAGE = PREFIX + "secagg.stage"
+#: In that record: the protocol message (bytes).
+SECAGG_KEY_PAYLOAD = PREFIX + "secagg.payload"
+SECAGG_STAGE_SETUP = "setup"            # server: SETUP; client: ADVERTISE (public keys)
+SECAGG_STAGE_SHARE_KEYS = "share-keys"  # server: ROSTER; client: SHARES (encrypted)
+SECAGG_STAGE_MASKED_INPUT = "masked-input"  # server: train + MASK_REQUEST; client: MASKED
+SECAGG_STAGE_UNMASK = "unmask"          # server: UNMASK_REQUEST; client: UNMASK (shares)
+SECAGG_STAGES = (SECAGG_STAGE_SETUP, SECAGG_STAGE_SHARE_KEYS, SECAGG_STAGE_MASKED_INPUT,
+                 SECAGG_STAGE_UNMASK)
+#: ArrayRecord key and stype of the Array that carries the masked vector in the reply
+#: (in place of the update; the ArrayRecord keeps the app's record key).
+SECAGG_MASKED_KEY = PREFIX + "secagg.masked"
+SECAGG_MASKED_STYPE = PREFIX + "secagg.masked"
+#: Context.state keys of the client: the protocol state (ConfigRecord, "state": bytes)
+#: and the seconds the mod spent in each stage of the last session (MetricRecord).
+SECAGG_STATE_RECORD = PREFIX + "secagg.state"
+SECAGG_TIMING_RECORD = PREFIX + "secagg.seconds"
+
+# per-round train metrics of the secure strategies
+#: Clients whose input is in the sum (survivors of the masked-input stage).
+METRIC_SECAGG_SURVIVORS = PREFIX + "secagg.survivors"
+#: Clients sampled for the round.
+METRIC_SECAGG_SAMPLED = PREFIX + "secagg.sampled"
+#: Clients lost at each stage (no reply, an error reply or a refused reply).
+METRIC_SECAGG_DROPPED_SETUP = PREFIX + "secagg.dropped_setup"
+METRIC_SECAGG_DROPPED_SHARE_KEYS = PREFIX + "secagg.dropped_share_keys"
+METRIC_SECAGG_DROPPED_MASKED_INPUT = PREFIX + "secagg.dropped_masked_input"
+METRIC_SECAGG_DROPPED_UNMASK = PREFIX + "secagg.dropped_unmask"
+#: 1 when the round was aborted (too few clients at a stage, a failed reconstruction).
+METRIC_SECAGG_ABORTED = PREFIX + "secagg.aborted"
+#: How many survivors clipped their update (a masked count: no client is singled out).
+METRIC_SECAGG_CLIPPED = PREFIX + "secagg.clipped"
+#: How many survivors' weights exceeded max_weight (masked count).
+METRIC_SECAGG_WEIGHT_CAPPED = PREFIX + "secagg.weight_capped"
+#: The round's modulus bits m, lattice step, clip norm and the threshold t.
+METRIC_SECAGG_MODULUS_BITS = PREFIX + "secagg.modulus_bits"
+METRIC_SECAGG_STEP = PREFIX + "secagg.step"
+METRIC_SECAGG_CLIP_NORM = PREFIX + "secagg.clip_norm"
+METRIC_SECAGG_THRESHOLD = PREFIX + "secagg.threshold"
+#: Coordinates of the summed code in the outer quarter of the range (possible wraps).
+METRIC_SECAGG_GUARD = PREFIX + "secagg.guard_band"
+#: Bits per model coordinate of one masked-input reply as the transport sends it.
+METRIC_SECAGG_BITS_PER_COORD = PREFIX + "secagg.bits_per_coordinate"
+#: Mean wire bytes a surviving client sent over all four stages of the round.
+METRIC_SECAGG_UPLINK_ALL_STAGES = PREFIX + "secagg.uplink_bytes_all_stages"
+#: Seconds the server spent in the protocol (not waiting for clients) this round.
+METRIC_SECAGG_SERVER_SECONDS = PREFIX + "secagg.server_seconds"
+
+# --- client-side error feedback (``strategies.error_feedback``) -------------------------
+#: Train config key: whether the node keeps its residual e and sends encode(update + e)
+#: (bool; absent: True for biased methods, False for unbiased ones).
+KEY_ERROR_FEEDBACK = PREFIX + "error-feedback"
+CONFIG_KEYS = (*CONFIG_KEYS, KEY_ERROR_FEEDBACK)
+#: Context.state key of a node's residual e: an ArrayRecord of float32 arrays, one per
+#: compressed float array (its key and shape).
+STATE_RESIDUAL = PREFIX + "ef.residual"
+#: Context.state key of powersgd's warm start: an ArrayRecord of the Q (cols x rank) of
+#: every float array sent as factors, under its key.
+STATE_POWERSGD_Q = PREFIX + "powersgd.q"

@@ -71,6 +71,10 @@ class CompressedFedAvg(FedAvg):
         Bits per coordinate of the downlink deltas (the method's default when None).
     downlink_max_deltas : int (default: 16)
         Deltas kept for catch-up; a node further behind gets a keyframe.
+    error_feedback : bool, optional (default: None)
+        Client-side error feedback (``strategies.error_feedback``): each node keeps the
+        residual of what its blobs left out and adds it to its next update. None: on for
+        the biased methods (topk, scaled-sign, powersgd, turboquant, fp16), off otherwise.
     **fedavg_kwargs
         Any other keyword: a ``flwr.serverapp.strategy.FedAvg`` argument (fraction_train,
         fraction_evaluate, min_train_nodes, weighted_by_key, ...).
@@ -142,11 +146,5 @@ class CompressedFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """FedAvg's evaluate aggregation, plus the downlink metrics of the messages."""
-        replies = list(replies)
-        down = self.compressor.acknowledge("evaluate", replies)
-        metrics = super().aggregate_evaluate(server_round, replies)
-        if not down:
-            return metrics
-        out = MetricRecord(dict(metrics or {}))
-        out.update(down)
-        return out
+        return self.compressor.aggregate_evaluate(
+            replies, lambda r: super(CompressedFedAvg, self).aggregate_evaluate(server_round, r))

@@ -21,6 +21,15 @@ the app sees an ordinary message; the update is then measured against that P. A 
 copy does not fit (it restarted, or missed a reply) answers with an error reply saying so
 (``constants.DOWN_OUT_OF_SYNC``) and gets a keyframe next time.
 
+Error feedback (``strategies.error_feedback``): for biased methods (topk, scaled-sign,
+powersgd, turboquant, fp16), unless the server's ``fedhd.error-feedback`` says otherwise,
+the mod keeps a residual e per node in ``Context.state`` (``constants.STATE_RESIDUAL``),
+sends encode(update + e) and keeps e = update + e - decode(blob); powersgd's warm start
+lives there too (``constants.STATE_POWERSGD_Q``). A node that restarts loses its
+``Context.state``, and so its residual: error feedback then restarts from zero, which is
+safe (the delayed part is forgotten, nothing else changes). A stored residual whose keys or
+shapes differ from the update (a new model) is likewise treated as zero.
+
 Query messages, and train messages without the ``fedhd.*`` keys, pass through unchanged.
 A precondition that fails (e.g. a reply with two ArrayRecords, arrays whose keys or shapes
 differ from the ones received, or a NaN update) gives a Flower error reply with
@@ -38,7 +47,7 @@ from __future__ import annotations
 from logging import DEBUG, ERROR
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode, SType
 from flwr.supercore import log
@@ -47,6 +56,7 @@ from fedhd.rng import client_dither_seed
 
 from . import constants as C
 from .downlink import OutOfSync, find_downlink_record, receive
+from .error_feedback import encode_update
 from .settings import PreconditionError, Settings, find_settings_record, is_exact
 
 _MOD = "compression_mod"
@@ -107,13 +117,16 @@ def compress_arrays(
     returned: ArrayRecord,
     settings: Settings,
     dither: int,
+    state: RecordDict | None = None,
 ) -> tuple[ArrayRecord, ConfigRecord] | None:
     """The compressed ArrayRecord and its ``fedhd`` ConfigRecord for one reply.
 
     ``received`` are the arrays the server sent, ``returned`` the ones the app replies
     with; the update returned - received of every float array goes into one blob. Returns
     None when there is no float array to compress. PreconditionError when the two do not
-    match or the update is not finite.
+    match or the update is not finite. ``state``: the node's ``Context.state``, where
+    error feedback keeps its residual and powersgd its warm start
+    (``strategies.error_feedback``); without it the update is encoded as it is.
     """
     if set(returned.keys()) != set(received.keys()):
         missing = sorted(set(received) - set(returned))
@@ -125,6 +138,7 @@ def compress_arrays(
     if C.BLOB_KEY in returned:
         raise PreconditionError(f"array key '{C.BLOB_KEY}' is reserved for the blob")
     float_keys: list[str] = []
+    float_shapes: list[tuple[int, ...]] = []
     parts: list[np.ndarray] = []
     kept: dict[str, Array] = {}
     for key, array in returned.items():
@@ -144,14 +158,14 @@ def compress_arrays(
             diff = new.astype(np.float64, copy=False) - old.astype(np.float64, copy=False)
             parts.append(diff.astype(np.float32).ravel())
             float_keys.append(key)
+            float_shapes.append(tuple(new.shape))
         else:
             kept[key] = array  # non-float or an exact pattern: as the app returned it
     if not parts:
         return None
     update = np.concatenate(parts)
-    codec = settings.codec()
     try:
-        blob = codec.encode(update, seed=settings.seed, dither_seed=dither)
+        blob = encode_update(update, float_keys, float_shapes, settings, dither, state)
     except ValueError as e:
         raise PreconditionError(f"cannot encode the update: {e}") from None
     arrays = ArrayRecord()
@@ -209,7 +223,8 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     record_key, returned = next(iter(reply.content.array_records.items()))
     try:
         compressed = compress_arrays(
-            received, returned, settings, node_dither_seed(settings.seed, msg, context)
+            received, returned, settings, node_dither_seed(settings.seed, msg, context),
+            context.state,
         )
     except PreconditionError as e:
         return _error_reply(msg, str(e))

@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from flwr.app import (
@@ -47,7 +47,7 @@ from .transport import as_sent, message_wire_bytes, message_with_metadata
 MetricsAggrFn = Callable[[list[RecordDict], str], MetricRecord]
 #: Keyword options of ``RoundCompressor`` that the strategies pass through.
 OPTIONS = ("log2_chunk", "wire_accounting", "exact", "device", "max_update_norm", "norm_bound",
-           "downlink", "downlink_bits", "downlink_max_deltas")
+           "downlink", "downlink_bits", "downlink_max_deltas", "error_feedback")
 
 
 def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -134,6 +134,11 @@ class RoundCompressor:
         Bits per coordinate of the downlink deltas (the method's default when None).
     downlink_max_deltas : int (default: 16)
         Deltas the server keeps for nodes that missed rounds; further behind: a keyframe.
+    error_feedback : bool, optional (default: None)
+        Client-side error feedback (``strategies.error_feedback``): each node keeps the
+        residual e of what its blobs left out and sends encode(update + e). None: on for
+        biased methods (topk, scaled-sign, powersgd, turboquant, fp16), off for unbiased
+        ones. Sent to the nodes as ``fedhd.error-feedback`` in every train config.
     """
 
     def __init__(self, method: str = C.DEFAULT_METHOD, bits: float | None = None,
@@ -141,10 +146,15 @@ class RoundCompressor:
                  wire_accounting: bool = True, exact: Sequence[str] = (),
                  device: str | None = None, max_update_norm: float | None = None,
                  norm_bound: NormBound = "drop", downlink: bool | str = False,
-                 downlink_bits: float | None = None, downlink_max_deltas: int = 16):
+                 downlink_bits: float | None = None, downlink_max_deltas: int = 16,
+                 error_feedback: bool | None = None):
         codec = make_codec(method, bits, log2_chunk)  # validates method, bits, chunk
+        if error_feedback is not None and not isinstance(error_feedback, bool):
+            raise TypeError(f"error_feedback must be a bool or None, got {error_feedback!r}")
+        self.error_feedback = error_feedback
         self.method = method
         self.bits = codec.bits
+        self._log2_chunk = codec.log2_chunk  # what every blob of a round must carry
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         self.seed = seed
@@ -176,7 +186,7 @@ class RoundCompressor:
 
     def settings(self, server_round: int) -> Settings:
         return Settings(self.method, self.bits, self.round_seed(server_round), self.log2_chunk,
-                        self.exact)
+                        self.exact, self.error_feedback)
 
     def train_config(self, server_round: int) -> dict[str, ConfigRecordValues]:
         """The ``fedhd.*`` keys to add to a round's train config."""
@@ -223,6 +233,19 @@ class RoundCompressor:
         messages, self._sent[kind] = self.downlink.address(messages, arrays, arrays_key,
                                                            config_key)
         return messages
+
+    def aggregate_evaluate(self, replies: Iterable[Message],
+                           inner: Callable[[list[Message]], MetricRecord | None]
+                           ) -> MetricRecord | None:
+        """``inner``'s evaluate metrics of the replies, plus the downlink's (if any)."""
+        replies = list(replies)
+        down = self.acknowledge("evaluate", replies)
+        metrics = inner(replies)
+        if not down:
+            return metrics
+        out = MetricRecord(dict(metrics or {}))
+        out.update(down)
+        return out
 
     def acknowledge(self, kind: str, replies: list[Message]) -> dict[str, int]:
         """Record which nodes got what ``kind``'s messages carried; the downlink metrics."""
@@ -341,40 +364,31 @@ class RoundCompressor:
     def _sum(self, st: RoundState, opened: list[Reply], counts: dict[str, int]
              ) -> tuple[fedhd.Aggregator | None, list[Reply]]:
         agg = (fedhd.Aggregator(st.d, seed=st.seed, method=self.method, bits=self.bits,
-                                device=self.device) if st.d > 0 else None)
+                                device=self.device, log2_chunk=self._log2_chunk)
+               if st.d > 0 else None)
+        bound, clip = self.max_update_norm, self.norm_bound == "clip"
         accepted: list[Reply] = []
         for r in opened:
             try:
-                scale = self._norm_scale(r, st, counts)
-                if agg is not None:
-                    if r.blob is not None:  # validates fully before touching the sum
-                        agg.add(r.blob, r.weight, scale=scale)
-                    else:
-                        agg.add_dense(scale * (r.dense - st.vector), r.weight)
+                norm = None
+                if agg is not None:  # each validates fully before touching the sum
+                    norm = (agg.add(r.blob, r.weight, bound, clip) if r.blob is not None
+                            else agg.add_dense(cast(np.ndarray, r.dense) - st.vector, r.weight,
+                                               bound, clip))
+            except fedhd.NormExceeded as e:
+                counts[C.METRIC_NORM_DROPPED] += 1
+                counts[C.METRIC_DROPPED] += 1
+                _log_dropped(st.server_round, r.msg, e)
+                continue
             except (RejectedReply, fedhd.DecodeError, ValueError, TypeError) as e:
                 counts[C.METRIC_DROPPED] += 1
                 _log_dropped(st.server_round, r.msg, e)
                 continue
+            if norm is not None and self.max_update_norm is not None \
+                    and norm > self.max_update_norm:
+                counts[C.METRIC_NORM_CLIPPED] += 1
             accepted.append(r)
         return agg, accepted
-
-    def _norm_scale(self, r: Reply, st: RoundState, counts: dict[str, int]) -> float:
-        """1, or the clip factor of a reply whose update norm exceeds the bound (a drop
-        raises RejectedReply)."""
-        if self.max_update_norm is None or st.d == 0:
-            return 1.0
-        if r.blob is not None:
-            norm = fedhd.update_norm(r.blob)
-        else:
-            norm = float(np.linalg.norm((r.dense - st.vector).astype(np.float64)))
-        if norm <= self.max_update_norm:
-            return 1.0
-        if self.norm_bound == "drop":
-            counts[C.METRIC_NORM_DROPPED] += 1
-            raise RejectedReply(f"update norm {norm:.4g} exceeds max_update_norm "
-                                f"{self.max_update_norm:.4g}")
-        counts[C.METRIC_NORM_CLIPPED] += 1
-        return self.max_update_norm / norm
 
     # step 3
     def _metrics(self, st: RoundState, accepted: list[Reply], counts: dict[str, int],

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from flwr.app import ConfigRecord, ConfigRecordValues, RecordDict
 
 import fedhd
+from fedhd.methods import get as get_method
 
 from . import constants as C
 
@@ -26,6 +27,16 @@ class Settings:
     seed: int
     log2_chunk: int | None
     exact: tuple[str, ...] = ()
+    #: Client-side error feedback (``strategies.error_feedback``); None: the method's
+    #: default, on for biased methods (``default_error_feedback``).
+    error_feedback: bool | None = None
+
+    @property
+    def uses_error_feedback(self) -> bool:
+        """Whether the node keeps a residual and adds it to its update this round."""
+        if self.error_feedback is None:
+            return default_error_feedback(self.method)
+        return self.error_feedback
 
     @classmethod
     def from_config(cls, config: ConfigRecord) -> Settings:
@@ -35,6 +46,7 @@ class Settings:
         seed = config.get(C.KEY_SEED)
         log2_chunk = config.get(C.KEY_LOG2_CHUNK)
         exact = config.get(C.KEY_EXACT, [])
+        error_feedback = config.get(C.KEY_ERROR_FEEDBACK)
         if not isinstance(method, str):
             raise PreconditionError(f"'{C.KEY_METHOD}' must be a str, got {method!r}")
         if method not in fedhd.methods():
@@ -52,11 +64,15 @@ class Settings:
             raise PreconditionError(f"'{C.KEY_LOG2_CHUNK}' must be an int, got {log2_chunk!r}")
         if not isinstance(exact, list) or not all(isinstance(p, str) for p in exact):
             raise PreconditionError(f"'{C.KEY_EXACT}' must be a list of str, got {exact!r}")
+        if error_feedback is not None and not isinstance(error_feedback, bool):
+            raise PreconditionError(
+                f"'{C.KEY_ERROR_FEEDBACK}' must be a bool, got {error_feedback!r}")
         try:
             codec = make_codec(method, float(bits), log2_chunk)
         except (TypeError, ValueError) as e:
             raise PreconditionError(str(e)) from None
-        return cls(method, codec.bits, seed, log2_chunk, tuple(str(p) for p in exact))
+        return cls(method, codec.bits, seed, log2_chunk, tuple(str(p) for p in exact),
+                   error_feedback)
 
     def to_config(self) -> dict[str, ConfigRecordValues]:
         """The ``fedhd.*`` train config keys of these settings."""
@@ -69,10 +85,17 @@ class Settings:
             cfg[C.KEY_LOG2_CHUNK] = int(self.log2_chunk)
         if self.exact:
             cfg[C.KEY_EXACT] = list(self.exact)
+        cfg[C.KEY_ERROR_FEEDBACK] = self.uses_error_feedback
         return cfg
 
     def codec(self) -> fedhd.Codec:
         return make_codec(self.method, self.bits, self.log2_chunk)
+
+
+def default_error_feedback(method: str) -> bool:
+    """Error feedback is on by default for the biased methods (``Method.unbiased`` False:
+    topk, scaled-sign, powersgd, turboquant, fp16), off for the unbiased ones."""
+    return not get_method(method).unbiased
 
 
 def make_codec(method: str, bits: float | None, log2_chunk: int | None) -> fedhd.Codec:

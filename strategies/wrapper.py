@@ -38,7 +38,8 @@ class CompressedStrategy(Strategy):
         ``train_metrics_aggr_fn`` (FedAvg's attributes) are used when present.
     method, bits, seed, **options
         As for ``CompressedFedAvg`` (log2_chunk, wire_accounting, exact, device,
-        max_update_norm, norm_bound, downlink, downlink_bits, downlink_max_deltas).
+        max_update_norm, norm_bound, downlink, downlink_bits, downlink_max_deltas,
+        error_feedback).
 
     Examples
     --------
@@ -131,11 +132,5 @@ class CompressedStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """The inner strategy's, plus the downlink metrics of the messages."""
-        replies = list(replies)
-        down = self.compressor.acknowledge("evaluate", replies)
-        metrics = self.strategy.aggregate_evaluate(server_round, replies)
-        if not down:
-            return metrics
-        out = MetricRecord(dict(metrics or {}))
-        out.update(down)
-        return out
+        return self.compressor.aggregate_evaluate(
+            replies, lambda r: self.strategy.aggregate_evaluate(server_round, r))

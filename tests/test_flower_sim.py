@@ -1,4 +1,5 @@
-"""End-to-end: the test app on the Simulation Engine (Ray), 4 nodes, CompressedFedAvg.
+"""End-to-end: the test app on the Simulation Engine (Ray), 4 nodes, CompressedFedAvg with
+the compressed downlink (hd-dither both ways).
 
 Starts ``flower-superlink --simulation`` on a free loopback port with a temporary
 FLWR_HOME, submits the app with ``flwr run``, checks the ServerApp's summary, and stops
@@ -41,6 +42,7 @@ def test_compressed_fedavg_on_the_simulation_engine(tmp_path):
         run = harness.flwr_run("sim", {
             "num-server-rounds": ROUNDS, "strategy": "compressed", "method": "hd-dither",
             "bits": 2, "min-nodes": NUM_NODES, "result-path": str(result_path),
+            "downlink": "hd-dither", "downlink-bits": 2,
         }, env, tmp_path, timeout=170)
         if run.returncode != 0 or not result_path.exists():
             pytest.fail(f"flwr run failed ({run.returncode}):\n"
@@ -52,6 +54,12 @@ def test_compressed_fedavg_on_the_simulation_engine(tmp_path):
         assert m["fedhd.accepted"] == NUM_NODES and m["fedhd.compressed"] == NUM_NODES
         assert m["fedhd.dropped"] == 0 and m["fedhd.error_replies"] == 0
         assert m["fedhd.compression_ratio"] >= 14
+        # the downlink: keyframes in round 1 only; later, deltas to the nodes that did not
+        # already get this version with the previous round's evaluate message (half do)
+        assert m["fedhd.down.keyframes"] == (NUM_NODES if r == 1 else 0)
+        if r > 1:
+            assert NUM_NODES // 2 <= m["fedhd.down.delta_messages"] <= NUM_NODES
+            assert 0 < m["fedhd.down.blob_bytes"] < m["fedhd.uplink_bytes"]
     assert summary["evaluate_metrics"]["1"]["eval_acc"] > 0  # fraction_evaluate=0.5 ran
     accuracy = summary["server_metrics"][str(ROUNDS)]["accuracy"]
     assert accuracy > 0.85, summary["server_metrics"]

@@ -24,6 +24,7 @@ CASES = [
     ("identity", 32), ("hd-dither", 1), ("hd-dither", 2), ("hd-dither", 4),
     ("hd-dither-ec", 1.0), ("hd-dither-ec", 2.5), ("fp16", 16), ("qsgd", 2), ("qsgd", 4),
     ("hd-sr", 4), ("drive", 1), ("eden", 2), ("turboquant", 2), ("topk", 2.0),
+    ("scaled-sign", 1), ("powersgd", 2.0), ("powersgd", 8.0),
 ]
 
 
@@ -113,6 +114,21 @@ GOLDEN: dict[str, str] = {  # SHA-256 prefixes; regenerate with python tests/tes
     "topk/2.0/1000/16": "4b207c172d383e75a64466841061bb38",
     "topk/2.0/70001/16": "064fd88149dbf3a9d9b3f2b494e11462",
     "topk/2.0/5000/10": "df641c08ed269ee8a6d14c13df5c32b0",
+    "scaled-sign/1/1/16": "7616f15f4dd754c12f1436a647b22594",
+    "scaled-sign/1/100/16": "1d0bd7629b01915f60a8928182134c88",
+    "scaled-sign/1/1000/16": "13d692aa1f3e1bb78639245908d108dd",
+    "scaled-sign/1/70001/16": "b7b475cc1c1dcff88812785afa9608bb",
+    "scaled-sign/1/5000/10": "74533e513249c68f04a4a86f3f1c8f13",
+    "powersgd/2.0/1/16": "ff3bb409122f7f8789cc75f8c38d3850",
+    "powersgd/2.0/100/16": "75308e9053a5f1fb49e36f2c77fedae8",
+    "powersgd/2.0/1000/16": "b881bd7fc7b1548ba5be379202e0d534",
+    "powersgd/2.0/70001/16": "5ac6f942b4ebddd764efe2a42afdb51b",
+    "powersgd/2.0/5000/10": "4e46245e60891cf3aa3c6b0398556bf8",
+    "powersgd/8.0/1/16": "24fa4a2270d8824fe7d0459d82d5b66d",
+    "powersgd/8.0/100/16": "a0a33cba3c92f42f73f1af9a16b4d51d",
+    "powersgd/8.0/1000/16": "be6467454036c16aadc15ba6b31ca5df",
+    "powersgd/8.0/70001/16": "f15ed6e6502a1e4c98a669b0363eb1e9",
+    "powersgd/8.0/5000/10": "8e95440e6e5b891ff0c0d87e9dac2c46",
 }
 
 

@@ -95,12 +95,40 @@ def test_norm_bound_clip():
     assert np.abs(off - vec).max() > 0.1 * np.abs(off).max()  # the bound did change the model
 
 
-@pytest.mark.parametrize("method", ["hd-dither-ec", "qsgd", "turboquant"])
-def test_stated_norms_are_the_clients_norms(method):
-    """Methods that send per-chunk norms: the norm read from the blob is the input's."""
+@pytest.mark.parametrize("method", ["hd-dither-ec", "qsgd", "turboquant", "hd-dither", "eden"])
+def test_update_norm_is_the_decoded_norm_and_stated_norms_are_the_inputs(method):
+    """update_norm measures the decoded vector (rotated domain: padding included, so at
+    least the decoded norm); where a blob states per-chunk norms they are the input's."""
+    from fedhd.methods import get
+    from fedhd.wire import as_bytes
+
     x = np.random.default_rng(2).standard_normal(70_001).astype(np.float32)
     blob = fedhd.encode(x, bits=2, seed=1, method=method)
-    assert fedhd.update_norm(blob) == pytest.approx(float(np.linalg.norm(x)), rel=1e-6)
+    decoded = float(np.linalg.norm(fedhd.decode(blob).astype(np.float64)))
+    assert decoded <= fedhd.update_norm(blob) <= decoded * (1 + 1e-3)
+    m = get(method)
+    h, layout, payload = m.open(as_bytes(blob))
+    stated = m.stated_norm(payload, h, layout)
+    if method in ("hd-dither-ec", "qsgd", "turboquant"):
+        assert stated == pytest.approx(float(np.linalg.norm(x)), rel=1e-6)
+
+
+def test_codes_chosen_to_exceed_the_stated_norm_do_not_pass_the_bound():
+    """qsgd states ||x_c|| but its codes can decode to sqrt(n) times more: the bound
+    measures the decoded update, so such a blob is refused (or clipped)."""
+    x = np.random.default_rng(3).standard_normal(4096).astype(np.float32)
+    blob = bytearray(fedhd.encode(x, bits=4, seed=1, method="qsgd", log2_chunk=10))
+    C = 4
+    blob[HEADER_BYTES + 4 * C:] = bytes([0xEE]) * (len(blob) - HEADER_BYTES - 4 * C)  # +1 levels
+    blob = seal(blob)
+    norm = float(np.linalg.norm(x))
+    agg = fedhd.Aggregator(4096, method="qsgd")
+    with pytest.raises(fedhd.NormExceeded):
+        agg.add(blob, 1.0, max_norm=2 * norm)
+    assert agg.count == 0
+    got = agg.add(blob, 1.0, max_norm=2 * norm, clip=True)
+    assert got > 5 * norm
+    assert np.linalg.norm(agg.mean()) == pytest.approx(2 * norm, rel=1e-5)
 
 
 def test_aggregator_refuses_a_sum_that_could_overflow_and_keeps_it():

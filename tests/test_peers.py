@@ -28,7 +28,8 @@ from fedhd.methods.qsgd import levels_of
 from fedhd.methods.topk import blob_bytes, choose_k
 from fedhd.wire import HEADER_BYTES, seal
 
-PEERS = ["fp16", "qsgd", "hd-sr", "drive", "eden", "turboquant", "topk"]
+PEERS = ["fp16", "qsgd", "hd-sr", "drive", "eden", "turboquant", "topk", "scaled-sign",
+         "powersgd"]
 ROTATED = ["hd-sr", "drive", "eden", "turboquant"]
 
 
@@ -62,12 +63,14 @@ def vnmse_and_bias(method: str, bits: float, x: np.ndarray, n: int) -> tuple[flo
 
 
 def test_registry_ids_and_flags():
-    ids = {"fp16": 3, "qsgd": 4, "hd-sr": 5, "drive": 6, "eden": 7, "turboquant": 8, "topk": 9}
+    ids = {"fp16": 3, "qsgd": 4, "hd-sr": 5, "drive": 6, "eden": 7, "turboquant": 8, "topk": 9,
+           "scaled-sign": 11, "powersgd": 12}
     for name, i in ids.items():
         assert get(name).method_id == i and by_id(i) is get(name)
         assert name in fedhd.methods()
         assert get(name).commutes_with_sum == (name in ROTATED)
-    assert [get(m).unbiased for m in PEERS] == [False, True, True, True, True, False, False]
+    assert [get(m).unbiased for m in PEERS] == [False, True, True, True, True, False, False,
+                                                False, False]
 
 
 # -- Lloyd-Max --------------------------------------------------------------------------
@@ -310,13 +313,13 @@ GOLDEN = {  # sha256 prefixes of the payloads (after the common header, which fe
     # owns) of fixed blobs: any change of a method's wire format shows up here
     "fp16": "ca5a3469e9f379c2", "qsgd": "b243655849a90787", "hd-sr": "baf95cc5f8362a6d",
     "drive": "79b64ed2e65ad7b0", "eden": "11d465e26bfd5ec0", "turboquant": "2e060cdc3a57d69f",
-    "topk": "48a30cba1f8a4508",
+    "topk": "48a30cba1f8a4508", "scaled-sign": "7c49aa9a2968b1cb", "powersgd": "1bbe32ddabe43af4",
 }
 
 
 def golden_blob(method: str) -> bytes:
     x = gaussian(1000, 12)
-    b = {"fp16": 16, "drive": 1, "topk": 3.5}.get(method, 3)
+    b = {"fp16": 16, "drive": 1, "topk": 3.5, "scaled-sign": 1}.get(method, 3)
     return fedhd.encode(x, bits=b, seed=2026, method=method, dither_seed=513)
 
 

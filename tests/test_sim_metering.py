@@ -168,3 +168,61 @@ def test_instrumentation_is_measured_and_taken_out_of_the_replies(metered_run):
         assert 0 < row["client_compress_cpu_s"] < row["client_train_cpu_s"] + 1.0
         assert row["server_aggregate_cpu_s"] > 0 and row["server_aggregate_wall_s"] > 0
         assert row["sim_round_s"] > 2 * MOBILE.latency_ms / 1e3
+
+
+# ---------------------------------------------------------------------------- compressed downlink
+
+
+@pytest.fixture(scope="module")
+def downlink_run():
+    from benchmarks.localgrid import LocalGrid
+    from simulations.client_app import app
+    from simulations.server_app import reset_clients
+
+    torch.set_num_threads(1)
+    cfg = C.default_config().replace(task="digits", clients=4, fraction=0.5, rounds=3,
+                                     local_epochs=1, methods=["hd-dither"], bits=[2],
+                                     method_bits={}, seeds=[0])
+    spec = C.RunSpec("hd-dither", 2, (("downlink", "hd-dither"), ("downlink-bits", 2)),
+                     "both ways")
+    spy = SpyGrid(LocalGrid(app, num_nodes=cfg.clients, seed=3))
+    grid = MeteredGrid(spy)
+    grid.map_partitions(cfg.clients, content=warm_up_content(cfg, [("hd-dither", 2)]))
+    reset_clients(grid)
+    result = run_one(grid, cfg, "hd-dither", 2, seed=0, spec=spec)
+    return cfg, spy, result
+
+
+def test_compressed_downlink_is_metered_as_sent(downlink_run):
+    """The downlink column counts the compressed messages as transported, and the per-round
+    keyframe and catch-up figures come from CompressedFedAvg's metrics."""
+    cfg, spy, result = downlink_run
+    assert result.label == "both ways" and not result.uncompressed
+    assert result.options == {"downlink": "hd-dither", "downlink-bits": 2}
+    rows = result.rows[1:]
+    assert [r for r, _, _ in spy.calls] == [1, 2, 3]
+    for row, (_, sent, _) in zip(rows, spy.calls):
+        assert row["label"] == "both ways"
+        assert row["downlink_bytes_round"] == sum(sent)
+        assert row["down_keyframes"] + row["down_delta_messages"] == cfg.clients_per_round
+    assert rows[0]["down_keyframes"] == cfg.clients_per_round  # first contact: keyframes
+    keyframe = 4 * result.num_params
+    for row, (_, sent, _) in zip(rows, spy.calls):
+        # a keyframe message holds the float32 model; a delta message ~2 bits a coordinate
+        big = [n for n in sent if n > keyframe]
+        assert len(big) == row["down_keyframes"]
+        assert all(n < keyframe / 4 for n in sent if n <= keyframe)
+        assert row["down_keyframe_bytes"] == row["down_keyframes"] * keyframe
+    assert any(row["down_delta_messages"] for row in rows)
+
+
+def test_reset_forgets_fedhd_state_only():
+    from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+
+    from simulations.client_app import forget_state
+
+    state = RecordDict({"fedhd.ef.residual": ArrayRecord(), "fedhd.public.meta":
+                        ConfigRecord({"version": 1}), "mine": ConfigRecord({"x": 1})})
+    context = Context(run_id=1, node_id=1, node_config={}, state=state, run_config={})
+    assert sorted(forget_state(context)) == ["fedhd.ef.residual", "fedhd.public.meta"]
+    assert list(context.state.keys()) == ["mine"]

@@ -121,16 +121,59 @@ def test_flwr_app_config_mirrors_default_toml():
 def test_quick_config_is_small():
     cfg = C.quick(C.default_config())
     assert cfg.quick and cfg.clients >= 20
-    assert plan(cfg)[0] == [("identity", 32), ("hd-dither", 2)]
+    assert [s.pair for s in plan(cfg)[0]] == [("identity", 32), ("hd-dither", 2)]
     assert len(cfg.seeds) * cfg.rounds <= 3
 
 
 def test_plan_skips_unregistered_methods():
     cfg = C.default_config().replace(methods=["identity", "hd-dither", "no-such-method"],
                                      bits=[2], method_bits={"identity": [32]})
-    pairs, notes = plan(cfg)
-    assert pairs == [("identity", 32), ("hd-dither", 2)]
+    specs, notes = plan(cfg)
+    assert [s.pair for s in specs] == [("identity", 32), ("hd-dither", 2)]
+    assert [s.label for s in specs] == ["identity (uncompressed)", "hd-dither 2b"]
     assert any("no-such-method" in n for n in notes)
+
+
+def test_run_specs_from_toml_tables_and_strings():
+    tables = [{"label": "hd-dither 2b + down 2b", "method": "hd-dither", "bits": 2,
+               "options": {"downlink": "hd-dither", "downlink-bits": 2}},
+              {"method": "topk", "bits": 1.0625, "options": {"error_feedback": True}}]
+    specs = C.parse_runs(tables)
+    assert specs[0].kwargs == {"downlink": "hd-dither", "downlink_bits": 2}
+    assert specs[0].label == "hd-dither 2b + down 2b" and specs[1].label == ""
+    assert specs[1].named().label == "topk 1.0625b + EF"
+    assert C.parse_runs("hd-dither:2:downlink=hd-dither,downlink-bits=2@hd-dither 2b + down 2b;"
+                        "topk:1.0625:error-feedback=true") == specs
+    assert C.parse_runs([s.to_string() for s in specs][0]) == specs[:1]
+    assert C.RunSpec("hd-dither", 1, (("downlink", "hd-dither"), ("downlink-bits", 1))
+                     ).named().label == "hd-dither 1b + down hd-dither 1b"
+    cfg = C.default_config().replace(runs=specs)
+    assert C.from_mapping(cfg.to_run_config()) == cfg
+    for bad in ("hd-dither", "hd-dither:2:downlink", [{"method": "x"}],
+                [{"method": "x", "bits": 2, "nope": 1}]):
+        with pytest.raises(ValueError):
+            C.parse_runs(bad)
+    with pytest.raises(ValueError, match="unique"):
+        C.default_config().replace(runs=[specs[0], specs[0]])
+
+
+def test_plan_with_runs_labels_them_and_skips_what_cannot_run():
+    runs = C.parse_runs([
+        {"label": "down", "method": "hd-dither", "bits": 2,
+         "options": {"downlink": "hd-dither", "downlink-bits": 2}},
+        {"label": "ghost", "method": "no-such-method", "bits": 2},
+        {"label": "odd option", "method": "hd-dither", "bits": 2,
+         "options": {"no-such-option": 1}},
+        {"label": "bad downlink", "method": "hd-dither", "bits": 2,
+         "options": {"downlink": "no-such-method"}}])
+    cfg = C.default_config().replace(methods=["identity"], method_bits={}, runs=runs)
+    specs, notes = plan(cfg)
+    assert [s.label for s in specs] == ["identity (uncompressed)", "down"]
+    assert specs[1].kwargs == {"downlink": "hd-dither", "downlink_bits": 2}
+    for label in ("ghost", "odd option", "bad downlink"):
+        assert any(n.startswith(label + ":") for n in notes), notes
+    only_runs = cfg.replace(methods=[])
+    assert [s.label for s in plan(only_runs)[0]] == ["down"]
 
 
 def test_plan_runs_fixed_rate_methods_at_their_rate():
@@ -141,6 +184,7 @@ def test_plan_runs_fixed_rate_methods_at_their_rate():
     assert "identity" in fixed and methods.traits("identity").uncompressed
     cfg = C.default_config().replace(methods=[*fixed, "hd-dither"], bits=[1, 2], method_bits={})
     pairs, _ = plan(cfg)
+    pairs = [s.pair for s in pairs]
     for m in fixed:
         assert [b for n, b in pairs if n == m] == [int(methods.traits(m).fixed_bits)]
     assert [b for n, b in pairs if n == "hd-dither"] == [1, 2]
@@ -155,6 +199,21 @@ def test_cli_plan(capsys):
     out = capsys.readouterr().out
     assert "hd-dither 1b" in out and "hd-dither 2b" in out and "nope" in out
     assert "[0, 1]" in out
+    assert main(["--plan", "--methods", "identity", "--run",
+                 "hd-dither:2:downlink=hd-dither,downlink-bits=2@both ways"]) == 0
+    assert "identity (uncompressed), both ways" in capsys.readouterr().out
+
+
+def test_grid_configs_plan():
+    """The committed grids parse and plan (methods missing from fedhd.methods() are skipped
+    with a note, not an error)."""
+    from simulations.__main__ import build_config, parser
+
+    for path in sorted((ROOT / "simulations" / "grids").glob("*.toml")):
+        cfg = build_config(parser().parse_args(["--config", str(path)]))
+        specs, _ = plan(cfg)
+        assert specs and len(cfg.seeds) >= 2, path
+        assert cfg.out == f"results/{path.stem}"
 
 
 def test_cli_task_defaults_layering():
@@ -265,7 +324,23 @@ def test_outputs(local_sweep):
         assert row["downlink_bytes_total"] == pytest.approx(base["downlink_bytes_total"],
                                                             rel=1e-3)
     md = (out / "summary.md").read_text()
-    assert "| hd-dither | 2 |" in md and "downlink MB" in md and "simulated s to target" in md
+    assert "| hd-dither 2b |" in md and "downlink MB" in md and "simulated s to target" in md
+    assert "MB to within" in md
+
+
+def test_report_rebuilds_from_the_files(local_sweep, tmp_path):
+    import shutil
+
+    _, _, results, summary, out = local_sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    again = report.rebuild(copy)
+    assert [r["label"] for r in again["rows"]] == [r["label"] for r in summary["rows"]]
+    for a, b in zip(again["rows"], summary["rows"]):
+        assert a["final_accuracy_mean"] == pytest.approx(b["final_accuracy_mean"], abs=1e-6)
+        assert a["total_bytes_total"] == pytest.approx(b["total_bytes_total"])
+        assert a["total_bytes_to_within"] == pytest.approx(b["total_bytes_to_within"])
+    assert (copy / "summary.md").read_text() == (out / "summary.md").read_text()
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     text = report.console(summary, str(out))
     assert len(text.splitlines()) < 40 and "hd-dither" in text and "down MB" in text

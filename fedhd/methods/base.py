@@ -29,8 +29,8 @@ from ..layout import Layout, make_layout
 from ..wire import HEADER_BYTES, Header, check_payload, read_header, seal, write_header
 from .ids import METHOD_IDS
 
-__all__ = ["MAX_DECODED", "Contribution", "Method", "finite_chunk_sumsq", "norm_of_chunk_fields",
-           "round_up_f32"]
+__all__ = ["MAX_DECODED", "Contribution", "Method", "check_encodable", "check_magnitude",
+           "finite_chunk_sumsq", "norm_of_chunk_fields", "rotated_norm", "round_up_f32"]
 
 #: Largest magnitude a decoded coordinate may have: 2**31 coordinates of it still sum to a
 #: finite float32 (2**127 < 3.4e38). Decoders refuse fields that imply more.
@@ -42,6 +42,12 @@ class Contribution:
 
     #: Bound on |value| of every rotated coordinate it adds (before the weight).
     max_abs: float
+
+    def norm(self) -> float:
+        """The L2 norm of the decoded vector, computed in the rotated domain (no inverse
+        transform): ||D H t_c||^2 = n_c ||t_c||^2 per chunk (padding coordinates included,
+        so it bounds the decoded vector's norm from above)."""
+        raise NotImplementedError
 
     def add_to(self, acc: Any, weight: float, be: Backend) -> None:
         """acc (padded) += weight * the rotated chunks, scaled so that ``be.unrotate`` of
@@ -69,6 +75,9 @@ class Method:
     device_encode: ClassVar[bool] = False
     #: ``decode_payload`` and ``rotated_contribution(...).add_to`` run on any backend.
     device_decode: ClassVar[bool] = False
+    #: ``encode`` reads an encoder-side ``context`` (powersgd: the tensor shapes and the
+    #: warm start); the decoder never needs one.
+    takes_context: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -132,8 +141,11 @@ class Method:
         raise NotImplementedError
 
     # -- driver ----------------------------------------------------------------------------
-    def encode(self, x: Any, h: Header, be: Backend) -> bytes:
-        """The sealed blob of x (a float32 vector of ``be``) under header ``h``."""
+    def encode(self, x: Any, h: Header, be: Backend, context: Any = None) -> bytes:
+        """The sealed blob of x (a float32 vector of ``be``) under header ``h``. Only
+        methods that set ``takes_context`` accept a ``context`` (TypeError otherwise)."""
+        if context is not None:
+            raise TypeError(f"{self.name} takes no encoder context")
         layout = make_layout(h.d, h.log2_chunk)
         payload = self.encode_payload(x, h, layout, be)
         buf = bytearray(HEADER_BYTES + len(payload))
@@ -153,6 +165,24 @@ class Method:
         layout = make_layout(h.d, h.log2_chunk)
         payload = check_payload(blob, self.expected_size(blob, h, layout))
         return h, layout, payload
+
+
+def rotated_norm(acc: np.ndarray, layout: Layout) -> float:
+    """sqrt(sum_c n_c ||acc_c||^2): the norm of D H acc for a rotated vector ``acc``."""
+    sq = np.add.reduceat(np.square(acc, dtype=np.float64), layout.starts)
+    return float(np.sqrt(sq @ layout.sizes.astype(np.float64)))
+
+
+def check_magnitude(values: np.ndarray, what: str) -> None:
+    """DecodeError unless every value is finite and within ``MAX_DECODED``."""
+    if not (np.isfinite(values).all() and np.abs(values).max(initial=0.0) <= MAX_DECODED):
+        raise DecodeError(f"{what} must be finite and at most {MAX_DECODED:.3g} in magnitude")
+
+
+def check_encodable(values: np.ndarray, name: str) -> None:
+    """Encoders: ValueError when what they would send is beyond ``MAX_DECODED``."""
+    if np.abs(values).max(initial=0.0) > MAX_DECODED:
+        raise ValueError(f"x is too large for {name}: values beyond {MAX_DECODED:.3g}")
 
 
 def norm_of_chunk_fields(payload: memoryview, chunks: int, offset: int = 0) -> float:

@@ -73,7 +73,7 @@ from ..errors import DecodeError
 from ..kernels import rans as E
 from ..layout import Layout
 from ..wire import HEADER_BYTES, Header
-from .base import Contribution, Method, norm_of_chunk_fields
+from .base import Contribution, Method, norm_of_chunk_fields, rotated_norm
 
 MODEL_ID = 1
 RESERVED_OFF = HEADER_BYTES + 1  # 4 reserved zero bytes: they align the tables to 4 bytes
@@ -180,9 +180,17 @@ class ECContribution(Contribution):
         # |(q + u) s delta / n| <= s delta (qmax + 1) / n for every decoded value
         bound = scales * st * (_qmax(layout.sizes, np.where(st > 0, st, 1.0)) + 1) / n
         self.max_abs = float(bound.max(initial=0.0))
+        self._unit: np.ndarray | None = None  # the rotated decode at weight 1, once needed
+
+    def norm(self):
+        self._unit = self.method.decode_rotated(self.payload, self.h, self.layout, 1.0)
+        return rotated_norm(self._unit, self.layout)
 
     def add_to(self, acc, weight, be):
-        acc += self.method.decode_rotated(self.payload, self.h, self.layout, weight)
+        if self._unit is not None:
+            acc += np.float32(weight) * self._unit
+        else:  # the weight folded into the decode: one rounding
+            acc += self.method.decode_rotated(self.payload, self.h, self.layout, weight)
 
 
 class HDDitherEC(Method):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DecodeError
 from ..layout import Layout
 from ..wire import Header
-from .base import Method, finite_chunk_sumsq
+from .base import Method, check_encodable, check_magnitude, finite_chunk_sumsq
 
 
 class Identity(Method):
@@ -22,12 +21,12 @@ class Identity(Method):
 
     def encode_payload(self, x, h, layout, be):
         finite_chunk_sumsq(x, layout)
+        check_encodable(x, self.name)
         return x.astype("<f4", copy=False).view(np.uint8)
 
     def decode_payload(self, payload, h, layout, out, be):
         values = np.frombuffer(payload, dtype="<f4")
-        if not np.isfinite(values).all():
-            raise DecodeError("identity payload holds NaN or Inf")
+        check_magnitude(values, "identity values")
         out[:] = values
 
 

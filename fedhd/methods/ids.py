@@ -19,6 +19,8 @@ METHOD_IDS: dict[str, int] = {
     "eden": 7,
     "turboquant": 8,
     "topk": 9,
+    "scaled-sign": 11,
+    "powersgd": 12,
 }
 assert len(set(METHOD_IDS.values())) == len(METHOD_IDS), "method ids must be unique"
 

@@ -22,7 +22,14 @@ from ..errors import DecodeError
 from ..kernels import rounding as R
 from ..layout import Layout, code_offsets
 from ..wire import Header
-from .base import Method, finite_chunk_sumsq, norm_of_chunk_fields, round_up_f32
+from .base import (
+    Method,
+    check_encodable,
+    check_magnitude,
+    finite_chunk_sumsq,
+    norm_of_chunk_fields,
+    round_up_f32,
+)
 
 
 def levels_of(bits: int) -> tuple[int, float]:
@@ -50,6 +57,7 @@ class QSGD(Method):
         norm = round_up_f32(np.sqrt(finite_chunk_sumsq(x, layout)))
         if not np.isfinite(norm).all():
             raise ValueError("x is too large: a chunk norm overflows float32")
+        check_encodable(norm, self.name)
         used, s = levels_of(b)
         n64 = norm.astype(np.float64)
         out = np.empty(self.payload_size(h, layout), np.uint8)
@@ -64,8 +72,9 @@ class QSGD(Method):
         b = int(h.bits)
         C = layout.chunks
         norm = np.frombuffer(payload, dtype="<f4", count=C)
-        if not (np.isfinite(norm).all() and (norm >= 0).all()):
-            raise DecodeError("qsgd norms must be finite and non-negative")
+        if not (norm >= 0).all():
+            raise DecodeError("qsgd norms must be non-negative")
+        check_magnitude(norm, "qsgd norms")
         used, s = levels_of(b)
         grid = np.zeros(1 << b)
         grid[:used] = -1.0 + np.arange(used) / s

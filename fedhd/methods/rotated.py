@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import rng
-from ..backend import Backend
+from ..backend import CPU, Backend
 from ..backend.cpu import finite_chunk_sumsq
 from ..errors import DecodeError
 from ..kernels import rounding as R
@@ -28,7 +28,7 @@ from ..kernels import transform_pack as K
 from ..layout import Layout, code_offsets
 from ..lloyd_max import codebook
 from ..wire import Header
-from .base import MAX_DECODED, Contribution, Method
+from .base import MAX_DECODED, Contribution, Method, rotated_norm
 
 
 class TableContribution(Contribution):
@@ -43,6 +43,11 @@ class TableContribution(Contribution):
     def add_to(self, acc: Any, weight: float, be: Backend) -> None:
         be.lookup_rotated(self.codes, self.layout, self.tables, self.bits, self.off, weight,
                           acc)
+
+    def norm(self) -> float:
+        acc = np.zeros(self.layout.padded, np.float32)
+        self.add_to(acc, 1.0, CPU)
+        return rotated_norm(acc, self.layout)
 
 
 class RotatedTableMethod(Method):

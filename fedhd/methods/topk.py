@@ -18,7 +18,7 @@ from ..errors import DecodeError
 from ..kernels import rounding as R
 from ..layout import Layout
 from ..wire import HEADER_BYTES, Header
-from .base import Method, finite_chunk_sumsq
+from .base import Method, check_encodable, check_magnitude, finite_chunk_sumsq
 
 
 def index_width(d: int) -> int:
@@ -71,6 +71,7 @@ class TopK(Method):
         ib = (k * w + 7) // 8
         out = np.zeros(ib + 4 * k, np.uint8)
         R.pack_uint(idx, w, out[:ib])
+        check_encodable(x[idx], self.name)
         out[ib:] = x[idx].astype("<f4").view(np.uint8)
         return out
 
@@ -85,8 +86,7 @@ class TopK(Method):
         if k and (idx[-1] >= d or (k > 1 and not (np.diff(idx) > 0).all())):
             raise DecodeError("topk indices must be increasing and below d")
         vals = buf[ib:].view("<f4")
-        if not np.isfinite(vals).all():
-            raise DecodeError("topk values must be finite")
+        check_magnitude(vals, "topk values")
         out[:] = 0
         out[idx] = vals
 

@@ -130,6 +130,12 @@ class Processes:
         time.sleep(0.2)
         return {pid for pid in pids if _alive(pid)}
 
+    def stop(self, proc: subprocess.Popen, grace: float = 30.0) -> None:
+        """SIGTERM one started process and its family (a graceful leave), then wait."""
+        for pid in family([proc.pid]):
+            _signal(pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+
     def logs(self) -> str:
         out = []
         for f in sorted(self.log_dir.glob("*.log")):

@@ -28,10 +28,13 @@ def main(grid: Grid, context: Context) -> None:
     if cfg["strategy"] == "fedavg":
         strategy: FedAvg = FedAvg(**common)
     else:
+        down = str(cfg.get("downlink", ""))
+        options = dict(downlink=down, downlink_bits=float(cfg["downlink-bits"])) if down else {}
         strategy = CompressedFedAvg(method=str(cfg["method"]), bits=float(cfg["bits"]),
-                                    seed=int(cfg["seed"]), **common)
+                                    seed=int(cfg["seed"]), **common, **options)
     result = strategy.start(grid, init_arrays(), num_rounds=int(cfg["num-server-rounds"]),
-                            evaluate_fn=centralized_evaluate)
+                            evaluate_fn=centralized_evaluate,
+                            timeout=float(cfg.get("round-timeout", 3600)))
     path = str(cfg["result-path"])
     if path:
         arrays = result.arrays.to_numpy_ndarrays()
