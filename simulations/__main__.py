@@ -55,6 +55,15 @@ def parser() -> argparse.ArgumentParser:
                    help="simulated client compute = measured CPU seconds x this")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="Flower's INFO log")
+    p.add_argument("--run", action="append", default=[], metavar="SPEC",
+                   help="a named run with CompressedFedAvg options (repeatable), "
+                   "method:bits[:key=value,...][@label], e.g. "
+                   "'hd-dither:2:downlink=hd-dither,downlink-bits=2@hd-dither 2b + down 2b'; "
+                   "added to the sweep's runs")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs already in --out (same settings) and run only the "
+                   "configurations it lacks (e.g. methods registered since), then rewrite "
+                   "the report over all of them")
     p.add_argument("--plan", action="store_true",
                    help="print the configuration and the runs, run nothing")
     return p
@@ -91,7 +100,36 @@ def build_config(args: argparse.Namespace) -> C.SweepConfig:
         overrides["task_options"] = options
     if "bits" in overrides:  # explicit bits apply to every method (fixed-rate ones keep theirs)
         cfg = cfg.replace(method_bits={})
+    if args.run:
+        overrides["runs"] = [*cfg.runs, *C.parse_runs(";".join(args.run))]
     return C.from_mapping(overrides, cfg) if overrides else cfg
+
+
+#: Settings that may differ between a finished sweep and a --resume of it.
+_RESUMABLE = ("methods", "bits", "method-bits", "runs", "out", "quick")
+
+
+def _resume(cfg: C.SweepConfig, specs: list[Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """(runs already in ``cfg.out`` with every seed, the specs still to run, old meta)."""
+    from pathlib import Path
+
+    from . import report
+
+    if not (Path(cfg.out) / report.FILES["json"]).is_file():
+        return [], specs, {}
+    prior, old, meta = report.load_results(cfg.out)
+    a = {k: v for k, v in old.to_dict().items() if k not in _RESUMABLE}
+    b = {k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE}
+    if a != b:
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise ValueError(f"--resume: {cfg.out} holds a sweep with other settings ({diff})")
+    seeds: dict[str, set[int]] = {}
+    for r in prior:
+        seeds.setdefault(r.label, set()).add(r.seed)
+    done = {label for label, s in seeds.items() if set(cfg.seeds) <= s}
+    wanted = {s.label for s in specs}
+    keep = [r for r in prior if r.label in done and r.label in wanted and r.seed in cfg.seeds]
+    return keep, [s for s in specs if s.label not in done], meta
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,25 +142,57 @@ def main(argv: list[str] | None = None) -> int:
     from . import report
     from .server_app import plan
 
-    pairs, notes = plan(cfg)
+    specs, notes = plan(cfg)
+    prior: list[Any] = []
+    old_meta: dict[str, Any] = {}
+    if args.resume:
+        try:
+            prior, todo, old_meta = _resume(cfg, specs)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        kept = list(dict.fromkeys(r.label for r in prior))
+        if kept:
+            print("kept from " + cfg.out + ": " + ", ".join(kept))
+    else:
+        todo = specs
     options = "".join(f" {k}={v}" for k, v in cfg.task_options.items())
     print(f"fedhd sweep: task {cfg.task}{options}, {cfg.clients} clients "
           f"({cfg.clients_per_round}/round), {cfg.rounds} rounds, seeds {cfg.seeds}; link "
           f"{cfg.downlink_mbps:g}/{cfg.uplink_mbps:g} Mbit/s, {cfg.latency_ms:g} ms")
-    print("runs: " + ", ".join(f"{m} {b}b" for m, b in pairs) + f"  (x {len(cfg.seeds)} seeds)")
+    print("runs: " + (", ".join(s.label for s in todo) or "none")
+          + f"  (x {len(cfg.seeds)} seeds)")
     for note in notes:
         print(f"note: {note}")
     if args.plan:
         return 0
     from . import sweep
 
-    try:
-        results, seconds, notes = sweep.run(cfg, progress=not args.no_progress,
-                                            verbose=args.verbose)
-    except (FileNotFoundError, ValueError) as e:  # missing data files, too many clients, ...
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    summary = report.write_all(results, cfg, seconds=seconds, notes=notes)
+    seconds = 0.0
+    results: list[Any] = []
+    if todo:
+        # the specs come labelled from plan(), so a sweep of exactly them runs them again
+        part = cfg.replace(methods=[], method_bits={}, runs=list(todo))
+        try:
+            results, seconds, notes = sweep.run(part, progress=not args.no_progress,
+                                                verbose=args.verbose)
+        except (FileNotFoundError, ValueError) as e:  # missing data, too many clients, ...
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if prior:
+        order = {s.label: i for i, s in enumerate(specs)}
+        seed_order = {s: i for i, s in enumerate(cfg.seeds)}
+        results = sorted(prior + results, key=lambda r: (seed_order.get(r.seed, 0),
+                                                         order.get(r.label, 1 << 20)))
+        seconds += float(old_meta.get("sweep_seconds") or 0.0)
+        notes = [*notes, f"resumed: {len(prior)} runs kept from an earlier sweep into "
+                 f"{cfg.out}; sweep time is the sum of the parts"]
+    if not results:
+        print("nothing to run")
+        return 0
+    summary = report.write_all(results, cfg, seconds=seconds, notes=notes,
+                               extra_cpu_seconds=float(old_meta.get("cpu_seconds") or 0.0)
+                               if prior else 0.0)
     print(report.console(summary, cfg.out))
     return 0
 

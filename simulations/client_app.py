@@ -114,16 +114,33 @@ def _warm_up(cfg: ConfigRecord, context: Context) -> None:
     task.train(model, few, TrainSettings(epochs=1, lr=1e-9, batch_size=2, seed=0,
                                          optimizer=str(_get(cfg, "optimizer", "adam"))))
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
-    pairs = [(m, int(b)) for m, _, b in (p.partition(":") for p in
+    pairs = [(m, float(b)) for m, _, b in (p.partition(":") for p in
                                          str(cfg["warm-up"]).split(";") if p)]
     methods.warm_up(pairs, flat)
     _WARM.add(key)
 
 
+#: Prefix of everything fedhd keeps in a node's Context.state (error-feedback residuals,
+#: powersgd warm starts, the downlink's public model).
+STATE_PREFIX = "fedhd."
+
+
+def forget_state(context: Context) -> list[str]:
+    """Drop what fedhd keeps in this node's state between rounds; the keys dropped."""
+    keys = [k for k in list(context.state.keys()) if k.startswith(STATE_PREFIX)]
+    for key in keys:
+        del context.state[key]
+    return keys
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Report this node's partition id (the ServerApp orders nodes by it, so that seeded
-    client sampling picks the same data shards in every run); warm up first if asked."""
+    client sampling picks the same data shards in every run); warm up first if asked; with
+    ``reset`` in the content, forget fedhd's per-node state first (a new run begins: no
+    residual or warm start of the previous configuration carries over)."""
+    if msg.has_content() and "reset" in msg.content:
+        forget_state(context)
     if msg.has_content() and "warm-up" in msg.content:
         cfg = msg.content["warm-up"]
         assert isinstance(cfg, ConfigRecord)

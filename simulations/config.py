@@ -2,9 +2,10 @@
 
 Keys are kebab-case in TOML and in Flower's run-config (``flwr run -c 'rounds=5'``) and
 snake_case on :class:`SweepConfig`. Flower's run-config holds scalars only, so list-valued
-keys (``methods``, ``bits``, ``seeds``, ``method-bits``, ``task-options``) also accept strings:
-``methods = "identity,hd-dither"``, ``method-bits = "hd-dither:1,2,4;eden:2"``,
-``task-options = "model=small;max-train-windows=500"``.
+keys (``methods``, ``bits``, ``seeds``, ``method-bits``, ``task-options``, ``runs``) also
+accept strings: ``methods = "identity,hd-dither"``, ``method-bits = "hd-dither:1,2,4;eden:2"``,
+``task-options = "model=small;max-train-windows=500"``,
+``runs = "hd-dither:2:downlink=hd-dither,downlink-bits=2;topk:1.1:error-feedback=true"``.
 ``seeds`` is a count when it is an integer (``seeds = 3``: seeds 0, 1, 2) and a list when
 it is a list or a string (``seeds = "7"``: seed 7).
 """
@@ -98,6 +99,123 @@ def parse_method_bits(value: Any) -> dict[str, list[int]]:
     raise ValueError(f"method-bits: expected a table or a string, got {value!r}")
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One configuration of a sweep: a method at a rate, with ``CompressedFedAvg`` options.
+
+    ``options`` are keyword arguments of ``strategies.CompressedFedAvg`` (kebab- or
+    snake-case keys; ``downlink``, ``downlink-bits``, ``error-feedback``, ...); ``label``
+    names the configuration in the report, the CSV and the plots (default: see
+    :func:`default_label`).
+    """
+
+    method: str
+    bits: float
+    options: tuple[tuple[str, Any], ...] = ()
+    label: str = ""
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """``options`` as snake-case keyword arguments of ``CompressedFedAvg``."""
+        return {k.replace("-", "_"): v for k, v in self.options}
+
+    @property
+    def pair(self) -> tuple[str, float]:
+        return (self.method, self.bits)
+
+    def named(self, uncompressed: bool = False) -> RunSpec:
+        """This spec with its label filled in (:func:`default_label`) when it has none."""
+        if self.label:
+            return self
+        return dataclasses.replace(self, label=default_label(self, uncompressed))
+
+    def to_string(self) -> str:
+        """The run-config form ``method:bits[:key=value,...][@label]``."""
+        text = f"{self.method}:{_num(self.bits)}"
+        if self.options:
+            text += ":" + ",".join(f"{k}={_text(v)}" for k, v in self.options)
+        return text + (f"@{self.label}" if self.label else "")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return _num(v) if isinstance(v, int | float) else str(v)
+
+
+def default_label(spec: RunSpec, uncompressed: bool = False) -> str:
+    """``identity (uncompressed)``, ``hd-dither 2b``, ``topk 1.1b + EF``,
+    ``hd-dither 2b + down hd-dither 2b``, other options as ``key=value``."""
+    if uncompressed and not spec.options:
+        return f"{spec.method} (uncompressed)"
+    parts = [f"{spec.method} {_num(spec.bits)}b"]
+    opts = spec.kwargs
+    down = opts.pop("downlink", None)
+    down_bits = opts.pop("downlink_bits", None)
+    if opts.pop("error_feedback", False):
+        parts.append("EF")
+    if down not in (None, False):
+        name = "default" if down is True else str(down)
+        parts.append(f"down {name}" + (f" {_num(down_bits)}b" if down_bits is not None else ""))
+    parts += [f"{k.replace('_', '-')}={_text(v)}" for k, v in opts.items()]
+    return " + ".join(parts)
+
+
+def parse_runs(value: Any) -> list[RunSpec]:
+    """``[{"method": "hd-dither", "bits": 2, "label": "...", "options": {...}}, ...]`` (TOML
+    ``[[sweep.runs]]``) or ``"method:bits[:key=value,...][@label];..."`` (run-config)."""
+    if isinstance(value, str):
+        value = [_run_from_string(part) for part in value.split(";") if part.strip()]
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"runs: expected a list of tables or a string, got {value!r}")
+    out = []
+    for item in value:
+        if isinstance(item, RunSpec):
+            out.append(item)
+            continue
+        if not isinstance(item, dict) or "method" not in item or "bits" not in item:
+            raise ValueError(f"runs: each run needs a method and bits, got {item!r}")
+        unknown = set(item) - {"method", "bits", "options", "label"}
+        if unknown:
+            raise ValueError(f"runs: unknown key(s) {sorted(unknown)} in {item!r}; known: "
+                             "method, bits, options, label")
+        options = item.get("options") or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"runs: options must be a table, got {options!r}")
+        bits = item["bits"]
+        if isinstance(bits, bool) or not isinstance(bits, int | float):
+            raise ValueError(f"runs: bits must be a number, got {bits!r}")
+        out.append(RunSpec(str(item["method"]), int(bits) if float(bits).is_integer()
+                           else float(bits),
+                           tuple((str(k).replace("_", "-"), v) for k, v in options.items()),
+                           str(item.get("label", ""))))
+    return out
+
+
+def _run_from_string(text: str) -> dict[str, Any]:
+    body, _, label = text.strip().partition("@")
+    method, _, rest = body.partition(":")
+    bits, _, opts = rest.partition(":")
+    if not method.strip() or not bits.strip():
+        raise ValueError(f"runs: expected method:bits[:key=value,...][@label], got {text!r}")
+    options: dict[str, Any] = {}
+    for part in opts.split(","):
+        if part.strip():
+            key, sep, val = part.partition("=")
+            if not sep:
+                raise ValueError(f"runs: expected key=value, got {part!r} in {text!r}")
+            options[key.strip()] = _scalar(val)
+    value = _scalar(bits)
+    return {"method": method.strip(), "bits": value, "options": options,
+            "label": label.strip()}
+
+
 @dataclass
 class SweepConfig:
     """Everything one sweep needs; see ``default.toml`` for the meaning of each key."""
@@ -117,8 +235,10 @@ class SweepConfig:
     methods: list[str] = field(default_factory=lambda: ["identity", "hd-dither"])
     bits: list[int] = field(default_factory=lambda: [1, 2, 4])
     method_bits: dict[str, list[int]] = field(default_factory=dict)
+    runs: list[RunSpec] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     target_fraction: float = 0.95
+    target_points: float = 1.0
     out: str = "results"
     client_cpus: float = 1.0
     downlink_mbps: float = MOBILE.downlink_mbps
@@ -146,10 +266,15 @@ class SweepConfig:
             raise ValueError(f"lr-schedule must be one of {LR_SCHEDULES}")
         if self.alpha <= 0 or self.lr <= 0:
             raise ValueError("alpha and lr must be > 0")
-        if not self.methods or not self.seeds:
-            raise ValueError("need at least one method and one seed")
+        if not (self.methods or self.runs) or not self.seeds:
+            raise ValueError("need at least one method (or run) and one seed")
+        labels = [r.label for r in self.runs if r.label]
+        if len(labels) != len(set(labels)):
+            raise ValueError(f"runs: labels must be unique, got {labels}")
         if not 0.0 < self.target_fraction <= 1.0:
             raise ValueError("target-fraction must be in (0, 1]")
+        if self.target_points < 0:
+            raise ValueError("target-points must be >= 0")
         if self.client_cpus <= 0:
             raise ValueError("client-cpus must be > 0")
         self.link  # noqa: B018  (validates bandwidths, latency and compute scale)
@@ -165,8 +290,11 @@ class SweepConfig:
         return max(2, int(self.clients * self.fraction))
 
     def to_dict(self) -> dict[str, Any]:
-        """Kebab-case dict (TOML / JSON friendly)."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Kebab-case dict (TOML / JSON friendly; ``runs`` as tables)."""
+        out = {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["runs"] = [{"method": r.method, "bits": r.bits, "options": dict(r.options),
+                        **({"label": r.label} if r.label else {})} for r in self.runs]
+        return out
 
     def to_run_config(self) -> dict[str, bool | int | float | str]:
         """Flat scalar dict for Flower's run-config (lists joined by commas)."""
@@ -176,6 +304,8 @@ class SweepConfig:
                 out[key] = ";".join(f"{m}:{','.join(map(str, b))}" for m, b in value.items())
             elif key == "task-options":
                 out[key] = ";".join(f"{k}={v}" for k, v in value.items())
+            elif key == "runs":
+                out[key] = ";".join(r.to_string() for r in self.runs)
             elif isinstance(value, list):
                 out[key] = ",".join(map(str, value))
             else:
@@ -192,6 +322,7 @@ _CONVERT = {
     "seeds": parse_seeds,
     "method_bits": parse_method_bits,
     "task_options": parse_task_options,
+    "runs": parse_runs,
 }
 
 

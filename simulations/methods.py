@@ -50,7 +50,7 @@ def bits_ok(name: str, bits: float) -> bool:
     return True
 
 
-def warm_up(pairs: list[tuple[str, int]], x: object) -> None:
+def warm_up(pairs: list[tuple[str, float]], x: object) -> None:
     """Encode and decode ``x`` (a float32 vector) once with every (method, bits), so that
     one-off costs (kernel compilation, first imports) fall outside the measured rounds."""
     import fedhd

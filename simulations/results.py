@@ -1,4 +1,4 @@
-"""Result types of a sweep: one :class:`RunResult` per (method, bits, seed), one row per round.
+"""Result types of a sweep: one :class:`RunResult` per (run, seed), one row per round.
 
 Rows are plain dicts (they go straight into ``rounds.csv``); :data:`ROUND_FIELDS` names
 and explains every column. Round 0 is the initial model (no traffic yet).
@@ -13,6 +13,7 @@ from typing import Any
 #: wire bytes as Flower transports the messages; cumulative columns run from round 1.
 ROUND_FIELDS: dict[str, str] = {
     "round": "FedAvg round (0: the initial model)",
+    "label": "the configuration's name (run spec label, or method and bits)",
     "method": "compression method of the uplink",
     "bits": "bits per coordinate asked of the method",
     "seed": "run seed (model init, split, client sampling, dithers)",
@@ -20,7 +21,8 @@ ROUND_FIELDS: dict[str, str] = {
     "loss": "central test loss",
     "train_loss": "mean local training loss of the round's clients",
     "clients": "train replies metered in the round",
-    "downlink_bytes_round": "bytes of the round's train messages to the sampled clients",
+    "downlink_bytes_round": "bytes of the round's train messages to the sampled clients, as "
+                            "sent (with a compressed downlink: deltas or keyframes)",
     "uplink_bytes_round": "bytes of the round's replies",
     "downlink_bytes": "cumulative downlink bytes",
     "uplink_bytes": "cumulative uplink bytes",
@@ -37,6 +39,14 @@ ROUND_FIELDS: dict[str, str] = {
     "sim_time_s": "cumulative simulated time",
     "accepted": "replies aggregated",
     "dropped": "replies dropped (failed validation) or returned as errors",
+    "down_keyframes": "compressed downlink: train messages of the round that carried a "
+                      "keyframe (the full public model, float32)",
+    "down_delta_messages": "compressed downlink: train messages that carried deltas",
+    "down_blob_bytes": "compressed downlink: bytes of the round's newest delta blob (what an "
+                       "up-to-date client receives)",
+    "down_catchup_bytes": "compressed downlink: bytes of older deltas sent to clients that "
+                          "had missed rounds, summed over the round's messages",
+    "down_keyframe_bytes": "compressed downlink: float bytes of the round's keyframes",
 }
 
 
@@ -44,12 +54,15 @@ ROUND_FIELDS: dict[str, str] = {
 class RunResult:
     """Per-round rows of one (method, bits, seed) run, and what the report needs about it.
 
-    ``uncompressed`` marks the method as the float32 baseline (a fixed rate of 32 bits per
-    coordinate, a property of the method), which the report compares the others against.
+    ``uncompressed`` marks the run as the float32 baseline (a method with a fixed rate of
+    32 bits per coordinate, a property of the method, and no strategy options), which the
+    report compares the others against. ``name`` is the run spec's label (the report,
+    CSV and plots group and name runs by :attr:`label`); ``options`` its
+    ``CompressedFedAvg`` options.
     """
 
     method: str
-    bits: int
+    bits: float
     seed: int
     task: str = ""
     num_params: int = 0
@@ -58,6 +71,8 @@ class RunResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     cpu_seconds: float | None = None  # CPU of the whole process tree since the sweep began
+    name: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final(self) -> dict[str, Any]:
@@ -65,5 +80,7 @@ class RunResult:
 
     @property
     def label(self) -> str:
+        if self.name:
+            return self.name
         return f"{self.method} (uncompressed)" if self.uncompressed else (
             f"{self.method} {self.bits}b")

@@ -1,4 +1,4 @@
-"""The ServerApp: one Flower run that plays a whole sweep of (method, bits, seed) configs.
+"""The ServerApp: one Flower run that plays a whole sweep of (run, seed) configurations.
 
 Starting the Simulation Engine (Ray, actors, data loading) costs many seconds, so instead
 of one simulation per configuration the ServerApp loops over the sweep: each configuration
@@ -23,29 +23,41 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid, ServerApp
 
 from strategies import constants as K
 
 from . import methods, tasks
-from .config import SweepConfig, from_mapping
+from .config import RunSpec, SweepConfig, from_mapping
 from .link import ClientRound
 from .metering import MeteredFedAvg, MeteredGrid, RoundTraffic
 from .results import RunResult
 
 # --------------------------------------------------------------------------------------
-# Which (method, bits) to run
+# Which runs
 
 
-def plan(cfg: SweepConfig) -> tuple[list[tuple[str, int]], list[str]]:
-    """The (method, bits) pairs of a sweep, and notes on what was skipped and why.
+def plan(cfg: SweepConfig) -> tuple[list[RunSpec], list[str]]:
+    """The runs of a sweep (:class:`~simulations.config.RunSpec`, labelled), and notes on
+    what was skipped and why.
 
-    A fixed-rate method (one rate only, e.g. ``identity`` at 32) runs once, at its rate;
-    the others at ``cfg.method_bits[method]`` or else ``cfg.bits``.
+    First ``methods`` x bits: a fixed-rate method (one rate only, e.g. ``identity`` at 32)
+    runs once, at its rate; the others at ``cfg.method_bits[method]`` or else ``cfg.bits``.
+    Then the named ``runs``, each with its ``CompressedFedAvg`` options. A method missing
+    from ``fedhd.methods()``, a rate it refuses, or options the strategy does not take (an
+    unknown keyword, a downlink method that is not registered) skip the run with a note.
     """
     have = set(methods.available())
-    pairs: list[tuple[str, int]] = []
+    specs: list[RunSpec] = []
     notes: list[str] = []
     for method in cfg.methods:
         if method not in have:
@@ -55,18 +67,54 @@ def plan(cfg: SweepConfig) -> tuple[list[tuple[str, int]], list[str]]:
         bits_list = [int(fixed)] if fixed is not None else cfg.method_bits.get(method, cfg.bits)
         for bits in bits_list:
             if methods.bits_ok(method, bits):
-                pairs.append((method, bits))
+                specs.append(RunSpec(method, bits))
             else:
                 notes.append(f"{method}: {bits} bits not supported, skipped")
-    return pairs, notes
+    for run in cfg.runs:
+        name = run.label or run.to_string()
+        if run.method not in have:
+            notes.append(f"{name}: method {run.method} not registered in fedhd.methods(), "
+                         "skipped")
+            continue
+        if not methods.bits_ok(run.method, run.bits):
+            notes.append(f"{name}: {run.method} does not take {run.bits} bits, skipped")
+            continue
+        problem = _strategy_problem(run)
+        if problem:
+            notes.append(f"{name}: CompressedFedAvg({problem}), skipped")
+            continue
+        specs.append(run)
+    named = [s.named(methods.traits(s.method).uncompressed) for s in specs]
+    seen: set[str] = set()
+    unique = []
+    for s in named:
+        if s.label in seen:
+            notes.append(f"{s.label}: listed twice, run once")
+            continue
+        seen.add(s.label)
+        unique.append(s)
+    return unique, notes
 
 
-def make_strategy(cfg: SweepConfig, method: str, bits: int, seed: int) -> MeteredFedAvg:
-    """``CompressedFedAvg`` (timed): FedAvg whose clients send ``method`` at ``bits``."""
+def _strategy_problem(run: RunSpec) -> str:
+    """Why ``CompressedFedAvg(run.method, run.bits, **run.kwargs)`` cannot be built ('' if
+    it can): options of a strategy version that does not have them yet, bad values."""
+    try:
+        MeteredFedAvg(method=run.method, bits=run.bits, **run.kwargs)
+    except (TypeError, ValueError, KeyError) as e:
+        return f"{', '.join(f'{k}={v!r}' for k, v in run.kwargs.items())}: {e}"
+    return ""
+
+
+def make_strategy(cfg: SweepConfig, method: str, bits: float, seed: int,
+                  options: dict[str, Any] | None = None) -> MeteredFedAvg:
+    """``CompressedFedAvg`` (timed): FedAvg whose clients send ``method`` at ``bits``, with
+    the run's strategy ``options`` (downlink, error feedback, ...)."""
     return MeteredFedAvg(
         method=method, bits=bits, seed=seed,
         fraction_train=cfg.clients_per_round / cfg.clients, fraction_evaluate=0.0,
-        min_train_nodes=cfg.clients_per_round, min_available_nodes=cfg.clients)
+        min_train_nodes=cfg.clients_per_round, min_available_nodes=cfg.clients,
+        **(options or {}))
 
 
 def train_config(cfg: SweepConfig, seed: int) -> ConfigRecord:
@@ -100,17 +148,22 @@ def traffic_row(traffic: RoundTraffic, cfg: SweepConfig, server_seconds: float
     }
 
 
-def run_one(grid: MeteredGrid, cfg: SweepConfig, method: str, bits: int, seed: int,
-            on_round: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
-    """Train ``cfg.rounds`` rounds of one configuration; evaluate centrally every round."""
+def run_one(grid: MeteredGrid, cfg: SweepConfig, method: str, bits: float, seed: int,
+            on_round: Callable[[dict[str, Any]], None] | None = None, *,
+            spec: RunSpec | None = None) -> RunResult:
+    """Train ``cfg.rounds`` rounds of one configuration (``method`` at ``bits``, with the
+    strategy options and label of ``spec`` if given); evaluate centrally every round."""
     torch.set_num_threads(1)
+    uncompressed = methods.traits(method).uncompressed
+    spec = (spec or RunSpec(method, bits)).named(uncompressed)
     task = tasks.load(cfg.task, cfg.task_options)
     test = task.test_data(cfg.clients, seed=seed)
     model = tasks.build_model(task, seed)
     result = RunResult(method, bits, seed, task=cfg.task, num_params=tasks.num_params(model),
                        clients_per_round=cfg.clients_per_round,
-                       uncompressed=methods.traits(method).uncompressed)
-    strategy = make_strategy(cfg, method, bits, seed)
+                       uncompressed=uncompressed and not spec.options, name=spec.label,
+                       options=dict(spec.options))
+    strategy = make_strategy(cfg, method, bits, seed, spec.kwargs)
     totals = {"sim_time_s": 0.0}
     t0 = time.perf_counter()
 
@@ -119,8 +172,8 @@ def run_one(grid: MeteredGrid, cfg: SweepConfig, method: str, bits: int, seed: i
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, acc = task.evaluate(model, test)
         cpu, wall = strategy.aggregate_seconds.get(server_round, (0.0, 0.0))
-        row: dict[str, Any] = {"round": server_round, "method": method, "bits": bits,
-                               "seed": seed, "accuracy": acc, "loss": loss}
+        row: dict[str, Any] = {"round": server_round, "label": spec.label, "method": method,
+                               "bits": bits, "seed": seed, "accuracy": acc, "loss": loss}
         row.update(traffic_row(traffic, cfg, cpu))
         totals["sim_time_s"] += row["sim_round_s"]
         row.update({"downlink_bytes": grid.downlink, "uplink_bytes": grid.uplink,
@@ -145,7 +198,9 @@ def run_one(grid: MeteredGrid, cfg: SweepConfig, method: str, bits: int, seed: i
 def _add_strategy_metrics(rows: list[dict[str, Any]], train_metrics: dict[int, Any]) -> None:
     """Per round, from CompressedFedAvg's train metrics: the mean training loss, its own
     count of the accepted replies' wire bytes, what the same replies cost as plain float32
-    FedAvg arrays (cumulative), and the replies dropped or failed."""
+    FedAvg arrays (cumulative), the replies dropped or failed, and with a compressed
+    downlink what the round's train messages carried (keyframes, delta messages, blob,
+    catch-up and keyframe bytes)."""
     plain = 0.0
     for row in rows:
         m = train_metrics.get(row["round"])
@@ -160,14 +215,50 @@ def _add_strategy_metrics(rows: list[dict[str, Any]], train_metrics: dict[int, A
             "accepted": accepted,
             "dropped": int(m.get(K.METRIC_DROPPED, 0)) + int(m.get(K.METRIC_ERROR_REPLIES, 0)),
         })
+        if K.METRIC_DOWN_VERSION in m:
+            row.update({column: int(m.get(key, 0)) for column, key in DOWN_METRICS.items()})
 
 
-def warm_up_content(cfg: SweepConfig, pairs: list[tuple[str, int]]) -> RecordDict:
+#: rounds.csv columns of the compressed downlink <- CompressedFedAvg's train metrics.
+DOWN_METRICS = {
+    "down_keyframes": K.METRIC_DOWN_KEYFRAMES,
+    "down_delta_messages": K.METRIC_DOWN_DELTA_MESSAGES,
+    "down_blob_bytes": K.METRIC_DOWN_BLOB_BYTES,
+    "down_catchup_bytes": K.METRIC_DOWN_CATCHUP_BYTES,
+    "down_keyframe_bytes": K.METRIC_DOWN_KEYFRAME_BYTES,
+}
+
+
+def codec_pairs(specs: list[RunSpec]) -> list[tuple[str, float]]:
+    """Every (method, bits) the runs encode with: the uplinks and the downlinks."""
+    pairs: list[tuple[str, float]] = []
+    for s in specs:
+        pairs.append(s.pair)
+        down = s.kwargs.get("downlink")
+        if down not in (None, False):
+            name = K.DEFAULT_METHOD if down is True else str(down)
+            bits = s.kwargs.get("downlink_bits")
+            if bits is not None:
+                pairs.append((name, bits))
+    return list(dict.fromkeys(pairs))
+
+
+def warm_up_content(cfg: SweepConfig, pairs: list[tuple[str, float]]) -> RecordDict:
     """Content of the partition-map query: enough for each client process to warm up
     (load its shard, one training step, every codec once) before anything is measured."""
     config = train_config(cfg, cfg.seeds[0])
     config["warm-up"] = ";".join(f"{m}:{b}" for m, b in pairs)
     return RecordDict({"warm-up": config})
+
+
+def reset_clients(grid: MeteredGrid, timeout: float = 300.0) -> None:
+    """Before each run: every node forgets fedhd's per-node state (error-feedback
+    residuals, powersgd warm starts, the downlink's public model), so that a run does not
+    depend on the runs before it. One unmetered query message per node."""
+    ids = list(grid.inner.get_node_ids())
+    messages = [Message(RecordDict({"reset": ConfigRecord({})}), node_id, MessageType.QUERY,
+                        group_id="fedhd-reset") for node_id in ids]
+    list(grid.inner.send_and_receive(messages, timeout=timeout))
 
 
 def check_clients(cfg: SweepConfig) -> None:
@@ -181,20 +272,22 @@ def check_clients(cfg: SweepConfig) -> None:
 def run_sweep(grid: Grid, cfg: SweepConfig,
               on_round: Callable[[dict[str, Any]], None] | None = None,
               on_run: Callable[[RunResult], None] | None = None) -> list[RunResult]:
-    """Every (method, bits) of :func:`plan` for every seed, seed-major so that a cut-short
-    sweep still has every method at the first seeds."""
+    """Every run of :func:`plan` for every seed, seed-major so that a cut-short sweep still
+    has every configuration at the first seeds."""
     check_clients(cfg)
     metered = grid if isinstance(grid, MeteredGrid) else MeteredGrid(grid)
     if hasattr(metered.inner, "pull_interval"):  # InMemoryGrid polls every 0.1 s by default
         setattr(metered.inner, "pull_interval", 0.05)  # noqa: B010
-    pairs, _ = plan(cfg)
+    specs, _ = plan(cfg)
+    pairs = codec_pairs(specs)
     if not metered.partition_of:
         metered.map_partitions(cfg.clients, content=warm_up_content(cfg, pairs))
     methods.warm_up(pairs, np.linspace(-1.0, 1.0, 1 << 12, dtype=np.float32))
     results = []
     for seed in cfg.seeds:
-        for method, bits in pairs:
-            res = run_one(metered, cfg, method, bits, seed, on_round)
+        for spec in specs:
+            reset_clients(metered)
+            res = run_one(metered, cfg, spec.method, spec.bits, seed, on_round, spec=spec)
             results.append(res)
             if on_run is not None:
                 on_run(res)

@@ -30,12 +30,17 @@ def run(cfg: SweepConfig, progress: bool = True, verbose: bool = False
     import torch
     from flwr.simulation import run_simulation
 
+    # Ray starts its workers at nice 15: on a shared machine any other job would take the
+    # cores from the ClientApps and the sweep's timings would measure that. Same priority
+    # as the driver instead (the environment can still say otherwise).
+    os.environ.setdefault("RAY_worker_niceness", "0")
+
     from .client_app import app as client_app
 
-    pairs, notes = plan(cfg)
-    if not pairs:
+    specs, notes = plan(cfg)
+    if not specs:
         raise SystemExit("nothing to run: " + "; ".join(notes))
-    total = len(pairs) * len(cfg.seeds) * cfg.rounds
+    total = len(specs) * len(cfg.seeds) * cfg.rounds
     torch.set_num_threads(1)  # the server thread evaluates; the actors own the other cores
     from . import tasks
 
@@ -49,11 +54,11 @@ def run(cfg: SweepConfig, progress: bool = True, verbose: bool = False
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="round", dynamic_ncols=True,
-                   desc=f"{len(pairs)} configs x {len(cfg.seeds)} seeds")
+                   desc=f"{len(specs)} configs x {len(cfg.seeds)} seeds")
 
     def on_round(row: dict[str, Any]) -> None:
         if bar is not None:
-            bar.set_postfix_str(f"{row['method']} {row['bits']}b seed {row['seed']} "
+            bar.set_postfix_str(f"{row['label']} seed {row['seed']} "
                                 f"acc {100 * row['accuracy']:.1f}%", refresh=False)
             bar.update(1)
 
@@ -84,7 +89,7 @@ def run(cfg: SweepConfig, progress: bool = True, verbose: bool = False
             bar.close()
         flwr_logger.setLevel(level)
         _shutdown_ray()
-    expected = len(pairs) * len(cfg.seeds)
+    expected = len(specs) * len(cfg.seeds)
     if len(sink) != expected:
         raise RuntimeError(f"the simulation finished {len(sink)} of {expected} runs; "
                            "rerun with --verbose for Flower's log")
