@@ -148,14 +148,22 @@ class PublicModel:
         version for everyone)."""
         numpy_arrays = _numpy_arrays(arrays)
         keys = _float_keys(numpy_arrays, self.exact)
+        same_structure = (
+            self.version >= 0 and set(keys) == set(self.float_keys)
+            and set(numpy_arrays) == set(self.order)
+            and all(numpy_arrays[k].shape == self._like[k].shape for k in keys))
+        # P keeps its own order and dtypes, whatever order or float width the strategy
+        # returns its arrays in (FedAvg-family strategies differ)
+        if same_structure:
+            keys = self.float_keys
         g = _concat(numpy_arrays, keys)
-        same_structure = (keys == self.float_keys and list(numpy_arrays) == self.order
-                          and all(numpy_arrays[k].shape == self._like[k].shape for k in keys))
-        if not same_structure or self.version < 0:
+        if not same_structure:
             self.version += 1
             self.vector = _representable(g.copy(), numpy_arrays, keys)
             self.deltas.clear()
             self.acked.clear()  # everyone needs a keyframe of the new structure
+            self.float_keys, self.order = keys, list(numpy_arrays)
+            self._like = {k: numpy_arrays[k] for k in keys}
         elif not np.array_equal(g, self._global):
             self.version += 1
             if g.size:
@@ -168,8 +176,6 @@ class PublicModel:
         else:
             return
         self._global = g
-        self.float_keys, self.order = keys, list(numpy_arrays)
-        self._like = {k: numpy_arrays[k] for k in keys}
         self.hash = model_hash(self.vector)
 
     def public_record(self, arrays: ArrayRecord) -> ArrayRecord:

@@ -30,6 +30,12 @@ def vector(record: ArrayRecord) -> np.ndarray:
     return np.concatenate([record["w"].numpy().ravel(), record["b"].numpy().ravel()])
 
 
+def float_vector(record: ArrayRecord) -> np.ndarray:
+    """Every float array of the record, in its order, as one float32 vector (what P is)."""
+    return np.concatenate([a.numpy().ravel() for a in record.values()
+                           if a.numpy().dtype.kind == "f"]).astype(np.float32)
+
+
 def make_app(seen: list[tuple[int, int, str]]) -> ClientApp:
     """A numpy 'trainer': new = received + a fixed pseudo-gradient step; it records the hash
     of the float model it was given (what the app sees, after the mod)."""
@@ -39,7 +45,7 @@ def make_app(seen: list[tuple[int, int, str]]) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         arrays = msg.content["arrays"]
         rnd = int(msg.content["config"]["server-round"])
-        seen.append((msg.metadata.dst_node_id, rnd, model_hash(vector(arrays))))
+        seen.append((msg.metadata.dst_node_id, rnd, model_hash(float_vector(arrays))))
         rng = np.random.default_rng(1000 * rnd + int(context.node_config["partition-id"]))
         new = ArrayRecord({
             "w": Array((arrays["w"].numpy() + 0.01 * rng.standard_normal(D_W))
@@ -52,7 +58,8 @@ def make_app(seen: list[tuple[int, int, str]]) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        seen.append((msg.metadata.dst_node_id, -1, model_hash(vector(msg.content["arrays"]))))
+        seen.append((msg.metadata.dst_node_id, -1,
+                     model_hash(float_vector(msg.content["arrays"]))))
         return Message(RecordDict({"metrics": MetricRecord({"num-examples": 10,
                                                             "loss": 1.0})}), reply_to=msg)
 
@@ -231,3 +238,32 @@ def test_downlink_bytes_are_in_the_messages_as_sent():
     blob = s2.metrics[-1][C.METRIC_DOWN_BLOB_BYTES]
     assert 4 * blob < last < 0.5 * first
     assert s2.metrics[0][C.METRIC_DOWN_KEYFRAMES] == 4
+
+
+def test_the_wrapper_compresses_the_downlink_too():
+    """CompressedStrategy around FedAvgM: same downlink path, nodes stay on P (FedAvgM
+    returns the int64 array as float64: a new structure, so one more keyframe round)."""
+    from flwr.serverapp.strategy import FedAvgM
+
+    from strategies import CompressedStrategy
+
+    seen: list[tuple[int, int, str]] = []
+    grid = LocalGrid(make_app(seen), 4, seed=2)
+    s = CompressedStrategy(FedAvgM(fraction_train=0.5, fraction_evaluate=0.0,
+                                   min_available_nodes=1, min_train_nodes=1),
+                           "hd-dither", 2, 1, downlink="hd-dither", downlink_bits=2)
+    hashes = {}
+    inner = s.configure_train
+
+    def configure_and_record(server_round, arrays, config, g):
+        out = list(inner(server_round, arrays, config, g))
+        hashes[server_round] = s.compressor.downlink.hash
+        return out
+    s.configure_train = configure_and_record  # type: ignore[method-assign]
+    result = s.start(grid, initial(), num_rounds=5)
+    assert len(seen) == 10 and all(h == hashes[r] for _, r, h in seen)
+    m = result.train_metrics_clientapp
+    assert m[1][C.METRIC_DOWN_KEYFRAMES] == 2 and m[2][C.METRIC_DOWN_KEYFRAMES] == 2
+    # after the new structure: one keyframe for each of the 2 other nodes, at most
+    assert sum(m[r][C.METRIC_DOWN_KEYFRAMES] for r in (3, 4, 5)) <= 2
+    assert all(m[r][C.METRIC_ERROR_REPLIES] == 0 for r in m)
