@@ -25,6 +25,9 @@ from .methods.base import Method
 from .rng import sign_keys
 from .wire import as_bytes, read_header
 
+#: Largest weight ``add`` takes (2**53: weights are example counts; a float64 sum of them
+#: stays exact and finite, and weight * 2**96-bounded values stays finite in float64).
+MAX_WEIGHT = 2.0**53
 #: A rotated running sum stays below this bound per coordinate times the chunk length,
 #: so that the unnormalized inverse FWHT of it (at most n times larger) is a finite float32.
 _ROTATED_LIMIT = 2.0**126
@@ -77,10 +80,7 @@ class Aggregator:
         transform), so codes chosen to exceed the stated norm cannot get through.
         Returns the measured norm when ``max_norm`` is given.
         """
-        if not (np.isfinite(weight) and weight > 0):
-            raise ValueError(f"weight must be finite and positive, got {weight}")
-        if max_norm is not None and not (np.isfinite(max_norm) and max_norm > 0):
-            raise ValueError(f"max_norm must be finite and positive, got {max_norm}")
+        _check_weight(weight, max_norm)
         view = as_bytes(blob)
         method = self._method_of(view)
         h, layout, payload = method.open(view)
@@ -149,8 +149,7 @@ class Aggregator:
                   clip: bool = False) -> float | None:
         """Add an uncompressed update (e.g. a client that did not compress); ``max_norm``
         and ``clip`` as for ``add``."""
-        if not (np.isfinite(weight) and weight > 0):
-            raise ValueError(f"weight must be finite and positive, got {weight}")
+        _check_weight(weight, max_norm)
         x = np.asarray(x, np.float64).ravel()
         if x.shape != (self.d,) or not np.isfinite(x).all():
             raise ValueError("dense update has the wrong length or is not finite")
@@ -161,12 +160,10 @@ class Aggregator:
         return norm
 
     def _add_plain(self, wx: np.ndarray) -> None:
-        if not np.isfinite(wx).all():
-            raise DecodeError("weight * update overflows")
-        if self._plain is None:
-            self._plain = wx
-        else:
-            self._plain += wx
+        total = wx if self._plain is None else self._plain + wx
+        if not np.isfinite(total).all():  # checked before anything is kept
+            raise DecodeError("weight * update overflows the round's sum")
+        self._plain = total
 
     def mean(self, out: Any = None) -> Any:
         """The weighted mean of everything added (float32); one inverse HD per chunk.
@@ -179,6 +176,9 @@ class Aggregator:
         if self.count == 0:
             raise ValueError("nothing was added")
         be = self.backend
+        if out is not None and (tuple(out.shape) != (self.d,)
+                                or str(out.dtype).removeprefix("torch.") != "float32"):
+            raise ValueError(f"out must be a float32 vector of length {self.d}")
         # a host ``out`` on a GPU aggregator: finish on the device, then copy back
         staged = isinstance(out, np.ndarray) and be is not backend.CPU
         with be.call():
@@ -198,11 +198,18 @@ class Aggregator:
                 be.accumulate(total, self._plain)
             be.finish(total, self.total_weight, target)
             host = be.to_host(target)
-            if staged:
-                out[:] = host
             if not np.isfinite(host).all():
                 raise ValueError("the mean is not finite")
+            if staged:
+                out[:] = host
         return result
+
+
+def _check_weight(weight: float, max_norm: float | None) -> None:
+    if not (np.isfinite(weight) and 0 < weight <= MAX_WEIGHT):
+        raise ValueError(f"weight must be in (0, 2**53], got {weight}")
+    if max_norm is not None and not (np.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"max_norm must be finite and positive, got {max_norm}")
 
 
 def _decode_host(view: memoryview) -> np.ndarray:

@@ -68,6 +68,9 @@ DOWN_BLOB_PREFIX = PREFIX + "down."
 #: Context.state keys where a node keeps P_t (an ArrayRecord) and its version and hash.
 STATE_PUBLIC = PREFIX + "public"
 STATE_PUBLIC_META = PREFIX + "public.meta"
+#: RecordDict key of the ConfigRecord a node's reply carries with the version and hash it
+#: holds (KEY_DOWN_VERSION, KEY_DOWN_HASH); the server counts only such replies as acks.
+DOWN_ACK_RECORD = PREFIX + "down.ack"
 #: Reason prefix of the error reply of a node whose P does not match the message.
 DOWN_OUT_OF_SYNC = "fedhd.downlink: out of sync"
 

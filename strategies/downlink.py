@@ -23,7 +23,6 @@ other than P_v.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -31,13 +30,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.common.constant import SType
 
 import fedhd
 from fedhd.rng import downlink_seeds
 
 from . import constants as C
-from .settings import make_codec
+from .settings import float_keys, make_codec, numpy_arrays
 
 
 class OutOfSync(ValueError):
@@ -47,21 +45,6 @@ class OutOfSync(ValueError):
 def model_hash(vector: np.ndarray) -> str:
     """SHA-256 (hex) of a float32 vector's bytes."""
     return hashlib.sha256(np.ascontiguousarray(vector, np.float32).tobytes()).hexdigest()
-
-
-def _float_keys(arrays: dict[str, np.ndarray], exact: Sequence[str]) -> list[str]:
-    return [k for k, a in arrays.items()
-            if a.dtype.kind == "f" and not any(fnmatch.fnmatchcase(k, p) for p in exact)]
-
-
-def _numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    out = {}
-    for key, arr in record.items():
-        if arr.stype != SType.NUMPY:
-            raise ValueError(f"array '{key}' has stype {arr.stype!r}; the compressed downlink "
-                             f"needs {SType.NUMPY!r} arrays")
-        out[key] = arr.numpy()
-    return out
 
 
 def _split(vector: np.ndarray, like: dict[str, np.ndarray], keys: list[str]
@@ -95,6 +78,7 @@ class RoundDownlink:
 
     version: int
     sent: dict[int, int] = field(default_factory=dict)  # node id -> version sent
+    hashes: dict[int, str] = field(default_factory=dict)  # node id -> its hash
     keyframes: int = 0
     delta_messages: int = 0
     blob_bytes: int = 0
@@ -146,24 +130,24 @@ class PublicModel:
         """Make P follow the strategy's global arrays: a new version with a compressed
         delta when they changed (the first call, or a new structure: a fresh keyframe
         version for everyone)."""
-        numpy_arrays = _numpy_arrays(arrays)
-        keys = _float_keys(numpy_arrays, self.exact)
+        arrs = numpy_arrays(arrays, "global array")
+        keys = float_keys(arrs, self.exact)
         same_structure = (
             self.version >= 0 and set(keys) == set(self.float_keys)
-            and set(numpy_arrays) == set(self.order)
-            and all(numpy_arrays[k].shape == self._like[k].shape for k in keys))
+            and set(arrs) == set(self.order)
+            and all(arrs[k].shape == self._like[k].shape for k in keys))
         # P keeps its own order and dtypes, whatever order or float width the strategy
         # returns its arrays in (FedAvg-family strategies differ)
         if same_structure:
             keys = self.float_keys
-        g = _concat(numpy_arrays, keys)
+        g = _concat(arrs, keys)
         if not same_structure:
             self.version += 1
-            self.vector = _representable(g.copy(), numpy_arrays, keys)
+            self.vector = _representable(g.copy(), arrs, keys)
             self.deltas.clear()
             self.acked.clear()  # everyone needs a keyframe of the new structure
-            self.float_keys, self.order = keys, list(numpy_arrays)
-            self._like = {k: numpy_arrays[k] for k in keys}
+            self.float_keys, self.order = keys, list(arrs)
+            self._like = {k: arrs[k] for k in keys}
         elif not np.array_equal(g, self._global):
             self.version += 1
             if g.size:
@@ -180,9 +164,9 @@ class PublicModel:
 
     def public_record(self, arrays: ArrayRecord) -> ArrayRecord:
         """``arrays`` with the float arrays replaced by P's (what the nodes hold)."""
-        numpy_arrays = _numpy_arrays(arrays)
+        arrs = numpy_arrays(arrays, "global array")
         public = _split(self.vector, self._like, self.float_keys)
-        return ArrayRecord({k: Array(public[k] if k in public else numpy_arrays[k])
+        return ArrayRecord({k: Array(public[k] if k in public else arrs[k])
                             for k in self.order})
 
     # -- the messages ------------------------------------------------------------------------
@@ -191,7 +175,7 @@ class PublicModel:
         """Each message with, for its node, the deltas it misses or a keyframe."""
         record = self.public_record(arrays)
         stats = RoundDownlink(self.version)
-        keyframe_bytes = 4 * int(self.vector.size)
+        keyframe_bytes = sum(a.nbytes for a in self._like.values())
         newest = self.deltas[-1][0] if self.deltas else None
         out = []
         for msg in messages:
@@ -220,6 +204,7 @@ class PublicModel:
             content[config_key] = config
             msg.content = content
             stats.sent[node] = self.version
+            stats.hashes[node] = self.hash
             out.append(msg)
         return out, stats
 
@@ -245,14 +230,18 @@ class PublicModel:
 
     # -- replies ------------------------------------------------------------------------
     def acknowledge(self, replies: Iterable[Message], sent: RoundDownlink) -> None:
-        """A reply that came back acknowledges the version sent to its node; an error
-        reply (out of sync, or anything else) makes its next message a keyframe."""
+        """A reply that says it holds the version (and hash) sent to its node acknowledges
+        it; any other reply (an error, out of sync or not; a node without the mod) makes
+        that node's next message a keyframe."""
         for msg in replies:
             node = msg.metadata.src_node_id
-            if msg.has_error():
-                self.acked.pop(node, None)
-            elif node in sent.sent:
+            ack = None if msg.has_error() else msg.content.get(C.DOWN_ACK_RECORD)
+            if (node in sent.sent and isinstance(ack, ConfigRecord)
+                    and ack.get(C.KEY_DOWN_VERSION) == sent.sent[node]
+                    and ack.get(C.KEY_DOWN_HASH) == sent.hashes[node]):
                 self.acked[node] = sent.sent[node]
+            else:
+                self.acked.pop(node, None)
 
 
 # --- the node's half ------------------------------------------------------------------------

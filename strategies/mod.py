@@ -45,6 +45,7 @@ nothing else.
 from __future__ import annotations
 
 from logging import DEBUG, ERROR
+from typing import cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
@@ -74,15 +75,17 @@ def is_evaluate(msg: Message) -> bool:
     return message_type == "evaluate" or message_type.startswith("evaluate.")
 
 
-def rebuild_model(msg: Message, down: ConfigRecord, context: Context) -> None:
+def rebuild_model(msg: Message, down: ConfigRecord, context: Context) -> ConfigRecord:
     """Put the full model into ``msg``: the node's public model P advanced by the message's
     deltas, or its keyframe (``strategies.downlink.receive``); the app then sees a plain
-    message. OutOfSync when the node's copy does not fit (the server then sends a keyframe).
-    """
+    message. Returns the acknowledgement for the reply (the version and hash now held).
+    OutOfSync when the node's copy does not fit (the server then sends a keyframe)."""
     if len(msg.content.array_records) != 1:
         raise OutOfSync(f"expects one ArrayRecord, found {len(msg.content.array_records)}")
     key, record = next(iter(msg.content.array_records.items()))
     msg.content[key] = receive(record, down, context.state)
+    meta = cast(ConfigRecord, context.state[C.STATE_PUBLIC_META])
+    return ConfigRecord({C.KEY_DOWN_VERSION: meta["version"], C.KEY_DOWN_HASH: meta["hash"]})
 
 
 def node_dither_seed(round_seed: int, msg: Message, context: Context) -> int:
@@ -184,17 +187,23 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     See the module docstring. Use with ``CompressedFedAvg`` (or ``CompressedStrategy``)
     on the server, which writes the ``fedhd.*`` train config keys this mod reads.
     """
-    if not msg.has_content():
+    if not msg.has_content() or not (is_train(msg) or is_evaluate(msg)):
         return call_next(msg, context)
-    if is_train(msg) or is_evaluate(msg):
-        down = find_downlink_record(msg.content)
-        if down is not None:  # the compressed downlink: rebuild the full model first
-            try:
-                rebuild_model(msg, down, context)
-            except OutOfSync as e:
-                return _error_reply(msg, f"{C.DOWN_OUT_OF_SYNC}: {e}")
-    if not is_train(msg):
-        return call_next(msg, context)
+    down = find_downlink_record(msg.content)
+    if down is None:
+        return _uplink(msg, context, call_next) if is_train(msg) else call_next(msg, context)
+    try:  # the compressed downlink: rebuild the full model first
+        ack = rebuild_model(msg, down, context)
+    except OutOfSync as e:
+        return _error_reply(msg, f"{C.DOWN_OUT_OF_SYNC}: {e}")
+    reply = _uplink(msg, context, call_next) if is_train(msg) else call_next(msg, context)
+    if reply.has_content():  # tell the server which model this node now holds
+        reply.content[C.DOWN_ACK_RECORD] = ack
+    return reply
+
+
+def _uplink(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """The train reply, its update compressed as the message's ``fedhd.*`` keys ask."""
     settings_record = find_settings_record(msg.content)
     if settings_record is None:
         return call_next(msg, context)

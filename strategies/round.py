@@ -37,11 +37,13 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
 import fedhd
+from fedhd.aggregate import MAX_WEIGHT
 from fedhd.rng import round_seed
 
 from . import constants as C
 from .downlink import PublicModel, RoundDownlink
-from .settings import Settings, is_exact, make_codec
+from .settings import Settings, float_keys, make_codec
+from .settings import numpy_arrays as _numpy_arrays
 from .transport import as_sent, message_wire_bytes, message_with_metadata
 
 MetricsAggrFn = Callable[[list[RecordDict], str], MetricRecord]
@@ -70,7 +72,11 @@ class RoundState:
     record: ArrayRecord
     arrays: dict[str, np.ndarray]
     float_keys: list[str]  # the compressed arrays: float, and not matching an exact pattern
-    vector: np.ndarray  # float32 concatenation of the float arrays, in float_keys order
+    vector: np.ndarray  # float32 concatenation of the float arrays sent, in float_keys order
+    # the server's global model (float32, same order): ``vector`` itself, or with the
+    # downlink the full-precision G of which ``vector`` (P) is the compressed copy; the
+    # round's new model is base + mean update (EF21-P: what P left out is not lost)
+    base: np.ndarray
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
@@ -193,32 +199,25 @@ class RoundCompressor:
         return self.settings(server_round).to_config()
 
     def begin_round(self, server_round: int, arrays: ArrayRecord) -> RoundState:
-        """Remember the arrays the nodes train from in ``server_round``: the global arrays,
-        or with the downlink the public model P they hold (advanced to these arrays)."""
+        """Remember what ``server_round`` sends: the arrays the nodes train from (the
+        global arrays, or with the downlink the public model P they hold, advanced to the
+        global arrays) and the server's own global model, which the mean update moves."""
+        sent = arrays
         if self.downlink is not None:
             self.downlink.advance(arrays)
-            arrays = self.downlink.public_record(arrays)
-        numpy_arrays: dict[str, np.ndarray] = {}
-        for key in arrays.keys():
-            if arrays[key].stype != SType.NUMPY:
-                raise ValueError(
-                    f"global array '{key}' has stype {arrays[key].stype!r}; fedhd compression "
-                    f"needs {SType.NUMPY!r} arrays"
-                )
-            numpy_arrays[key] = arrays[key].numpy()
-        float_keys = [k for k, a in numpy_arrays.items()
-                      if a.dtype.kind == "f" and not is_exact(k, self.exact)]
+            sent = self.downlink.public_record(arrays)
+        numpy_arrays = _numpy_arrays(sent, "global array")
+        keys = float_keys(numpy_arrays, self.exact)
         offsets: dict[str, tuple[int, int]] = {}
         pos = 0
-        for k in float_keys:
+        for k in keys:
             offsets[k] = (pos, pos + numpy_arrays[k].size)
             pos += numpy_arrays[k].size
-        vector = np.empty(pos, np.float32)
-        for k in float_keys:
-            a, b = offsets[k]
-            vector[a:b] = numpy_arrays[k].ravel()
-        self._round = RoundState(server_round, self.round_seed(server_round), arrays,
-                                 numpy_arrays, float_keys, vector, offsets)
+        vector = _flat(numpy_arrays, offsets, pos)
+        base = vector if sent is arrays else _flat(_numpy_arrays(arrays, "global array"),
+                                                   offsets, pos)
+        self._round = RoundState(server_round, self.round_seed(server_round), sent,
+                                 numpy_arrays, keys, vector, base, offsets)
         return self._round
 
     def address(self, kind: str, messages: Iterable[Message], arrays: ArrayRecord,
@@ -423,8 +422,8 @@ class RoundCompressor:
     # step 4
     def _rebuild(self, st: RoundState, agg: fedhd.Aggregator | None, accepted: list[Reply],
                  total_weight: float) -> ArrayRecord:
-        new_vector = (st.vector if agg is None
-                      else st.vector + agg.mean(out=np.empty(st.d, np.float32)))
+        new_vector = (st.base if agg is None
+                      else st.base + agg.mean(out=np.empty(st.d, np.float32)))
         extras_sum = {k: np.zeros(a.shape, np.float64)
                       for k, a in st.arrays.items() if k not in st.offsets}
         for r in accepted:
@@ -441,6 +440,15 @@ class RoundCompressor:
         return out
 
 
+def _flat(arrays: dict[str, np.ndarray], offsets: dict[str, tuple[int, int]],
+          size: int) -> np.ndarray:
+    """The float32 vector of ``arrays`` laid out at ``offsets``."""
+    vector = np.empty(size, np.float32)
+    for k, (a, b) in offsets.items():
+        vector[a:b] = arrays[k].ravel()
+    return vector
+
+
 def _log_dropped(server_round: int, msg: Message, e: Exception) -> None:
     log(WARNING, "fedhd: round %d: dropped the train reply of node %d: %s",
         server_round, msg.metadata.src_node_id, e)
@@ -452,8 +460,9 @@ def _weight(content: RecordDict, key: str) -> float:
             f"expected exactly one MetricRecord, found {len(content.metric_records)}")
     metrics = next(iter(content.metric_records.values()))
     w = metrics.get(key)
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
-        raise RejectedReply(f"MetricRecord['{key}'] must be a positive number, got {w!r}")
+    if (isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w)
+            or not 0 < w <= MAX_WEIGHT):
+        raise RejectedReply(f"MetricRecord['{key}'] must be a number in (0, 2**53], got {w!r}")
     return float(w)
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from flwr.app import ConfigRecord, ConfigRecordValues, RecordDict
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, RecordDict
+from flwr.common.constant import SType
 
 import fedhd
 from fedhd.methods import get as get_method
@@ -116,3 +118,19 @@ def find_settings_record(content: RecordDict) -> ConfigRecord | None:
 def is_exact(key: str, patterns: tuple[str, ...]) -> bool:
     """Whether a float array is sent exactly rather than compressed."""
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def numpy_arrays(record: ArrayRecord, what: str = "array") -> dict[str, np.ndarray]:
+    """The record's arrays as numpy; ValueError for one that is not a numpy array."""
+    out: dict[str, np.ndarray] = {}
+    for key, arr in record.items():
+        if arr.stype != SType.NUMPY:
+            raise ValueError(f"{what} '{key}' has stype {arr.stype!r}; fedhd compression "
+                             f"needs {SType.NUMPY!r} arrays")
+        out[key] = arr.numpy()
+    return out
+
+
+def float_keys(arrays: dict[str, np.ndarray], exact: tuple[str, ...]) -> list[str]:
+    """The keys of the float arrays that are compressed: float, and no ``exact`` pattern."""
+    return [k for k, a in arrays.items() if a.dtype.kind == "f" and not is_exact(k, exact)]

@@ -148,3 +148,22 @@ def test_encoders_refuse_inputs_whose_blob_would_be_refused():
     for method in ("hd-dither", "eden", "hd-sr"):
         with pytest.raises(ValueError, match="too large"):
             fedhd.encode(x, bits=2, seed=1, method=method)
+
+
+def test_an_outsized_weight_is_refused_and_the_round_goes_on():
+    """num-examples is the client's word too: above 2**53 the reply is dropped."""
+    ups = updates(4, seed=3)
+    arrays, metrics, _, _ = run_round(CompressedFedAvg("hd-dither", 2, 5), G,
+                                      trainer_from(ups, [10, 20, 30, 4e38]))
+    assert metrics[C.METRIC_DROPPED] == 1 and metrics[C.METRIC_ACCEPTED] == 3
+    assert all(np.isfinite(arrays[k].numpy()).all() for k in G)
+    agg = fedhd.Aggregator(100)
+    for bad in (1e300, float("inf"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="weight"):
+            agg.add_dense(np.ones(100), bad)
+    with pytest.raises(ValueError, match="max_norm"):
+        agg.add_dense(np.ones(100), 1.0, max_norm=-1.0, clip=True)
+    agg.add_dense(np.ones(100), 1.0)
+    with pytest.raises(ValueError, match="float32 vector of length 100"):
+        agg.mean(out=np.zeros(100, np.float64))  # a buffer that does not fit is an error
+    assert agg.count == 1 and (agg.mean() == 1.0).all()

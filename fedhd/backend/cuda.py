@@ -423,7 +423,8 @@ class CudaBackend(Backend):
         unrotate(acc, layout, keys, out)
 
     def accumulate(self, total, part):
-        part = upload(np.asarray(part, np.float32)) if isinstance(part, np.ndarray) else part
+        # a host part keeps its precision (the float64 sum of directly decoded vectors)
+        part = upload(np.ascontiguousarray(part)) if isinstance(part, np.ndarray) else part
         CK.accumulate64[_blocks(total.shape[0]), CK.TPB](total, part)
 
     def finish(self, total, weight, out):

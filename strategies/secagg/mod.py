@@ -181,6 +181,10 @@ def _masked_input(msg: Message, context: Context, call_next: ClientAppCallable,
         _clear(context)
         return _error_reply(msg, f"stage 'masked-input' refused: {e}")
     setup_s = time.perf_counter() - t0
+    # the session has left the SHARED stage: store that before the app runs, so that a
+    # re-sent mask request (after an app exception, say) is refused and no second input
+    # is ever masked with the same masks (their difference would reveal x1 - x2)
+    _save(context, session)
 
     reply = call_next(msg, context)  # the app trains
     t1 = time.perf_counter()
