@@ -1,11 +1,11 @@
 """Figures of secure aggregation (``strategies.secagg``): wire bits, accuracy, seconds, and
 a round with dropouts.
 
-    python -m benchmarks.secagg_figures                    # ~2-4 minutes on 2 cores
+    python -m benchmarks.secagg_figures                    # ~3-4 minutes on 2 shared cores
     python -m benchmarks.secagg_figures --md results/secagg.md --json results/secagg.json
 
 Everything runs in-process through ``LocalGrid`` (messages deflated and inflated as the
-transport does; no Ray) on ``benchmarks.digits_task``'s 85,002-parameter MLP:
+transport does; no Ray), on ``benchmarks.digits_task``'s 85,002-parameter MLP except 2b:
 
 1. bits per coordinate on the wire of a masked-input reply at K = 10 and 100 clients per
    round (and of everything a client sends in the round's four stages), measured with
@@ -14,6 +14,13 @@ transport does; no Ray) on ``benchmarks.digits_task``'s 85,002-parameter MLP:
    mod 2**32 per coordinate), built with Flower's own quantize / mask / mod helpers at its
    ``SecAggPlusWorkflow`` defaults;
 2. accuracy after a few rounds, 10 clients, against plain FedAvg;
+2b. final accuracy on the simulations task ``mnist1d`` (the 106,378-parameter 1-D CNN) in
+   the ``make demo`` setting of ``simulations/default.toml`` (20 clients, 8 per round, 15
+   rounds), seeds 0 and 1: plain FedAvg against SecAggFedAvg at b = 2 and 4. The clients
+   run the simulations' own train function (``simulations.client_app.train``, which reads
+   the task and its settings from the train config of ``simulations.server_app.
+   train_config``) behind ``[secagg_mod, compression_mod]``; Fashion-MNIST is left out
+   (hours on 2 shared cores; ``task_accuracy("fmnist", ...)`` runs it where cores allow);
 3. server and client seconds per round spent in the protocol (clients: the mod's time
    outside the app's training; server: outside the waits for the clients);
 4. a round where 20 % of the sampled clients drop after sending their masked input, and one
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -273,6 +281,156 @@ def accuracy(num_nodes: int = 10, rounds: int = 5, bits_list: Iterable[int] = (2
     return out
 
 
+def sim_app(mods: list | None = None) -> ClientApp:
+    """The simulations' ClientApp train function (``simulations.client_app.train``:
+    task, shard, optimiser and seed from the train config), unchanged, registered on a
+    ClientApp with the given mods (default ``[secagg_mod, compression_mod]``; the sim's
+    own app has ``[metering_mod, compression_mod]``)."""
+    from simulations import client_app as sim
+
+    app = ClientApp(mods=[secagg_mod, compression_mod] if mods is None else mods)
+    app.train()(sim.train)
+    return app
+
+
+class _MeasuredFedAvg(FedAvg):
+    """FedAvg that records, per round, the L2 norm of each client's update (reply minus
+    the global arrays sent) and the wire bytes of each reply."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.norms: dict[int, list[float]] = {}
+        self.reply_bytes: list[int] = []
+        self._sent: dict[str, np.ndarray] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Any) -> Iterable[Message]:
+        self._sent = {k: a.numpy().astype(np.float64) for k, a in arrays.items()}
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        norms = []
+        for r in replies:
+            new = r.content.array_records["arrays"]
+            norms.append(math.sqrt(sum(float(((new[k].numpy().astype(np.float64) - g) ** 2)
+                                              .sum()) for k, g in self._sent.items())))
+            self.reply_bytes.append(message_wire_bytes(as_sent(r)))
+        self.norms[server_round] = norms
+        return super().aggregate_train(server_round, replies)
+
+
+def _number(metrics: MetricRecord, key: str) -> float:
+    value = metrics[key]
+    assert isinstance(value, (int, float)), key
+    return float(value)
+
+
+def _evaluator(task: Any, model: Any, test: Any) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """Central evaluation of the global arrays on ``test`` (``evaluate_fn`` of
+    ``Strategy.start``), as ``simulations.server_app.run_one`` evaluates."""
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        loss, acc = task.evaluate(model, test)
+        return MetricRecord({"accuracy": acc, "loss": loss})
+    return evaluate_fn
+
+
+def _spread(values: Iterable[float]) -> dict[str, float]:
+    v = np.asarray(list(values), dtype=np.float64)
+    return {"min": float(v.min()), "median": float(np.median(v)), "max": float(v.max())}
+
+
+def task_accuracy(task: str = "mnist1d", seeds: Iterable[int] = (0, 1),
+                  rounds: int | None = None, bits_list: Iterable[int] = (2, 4),
+                  clip_norm: float = 8.0) -> dict:
+    """Final accuracy of plain FedAvg and SecAggFedAvg at each b on a simulations task, in
+    its sweep setting (``make demo``'s for mnist1d; ``rounds`` overrides), one run per seed
+    as ``simulations.server_app.run_one`` sets it up: model init ``build_model(task,
+    seed)``, ``train_config(cfg, seed)`` (data split, batches, cosine lr), client sampling
+    from ``random.seed(seed)``, central evaluation on ``task.test_data`` every round."""
+    import torch
+
+    from simulations.config import default_config, for_task
+    from simulations.server_app import train_config
+    from simulations.tasks import base as tasks
+
+    torch.set_num_threads(1)
+    cfg = for_task(task, default_config())
+    if rounds is not None:
+        cfg = cfg.replace(rounds=rounds)
+    seeds = list(seeds)
+    t0 = time.perf_counter()
+    spec = tasks.load(cfg.task, cfg.task_options)
+    spec.prepare()
+    d = tasks.num_params(tasks.build_model(spec, 0))
+    common: dict[str, Any] = dict(
+        fraction_train=cfg.clients_per_round / cfg.clients, fraction_evaluate=0.0,
+        min_train_nodes=cfg.clients_per_round, min_available_nodes=cfg.clients)
+    names = ["fedavg"] + [f"secagg-b{b}" for b in bits_list]
+    runs: dict[str, dict[str, Any]] = {n: {"accuracy": [], "final": [], "seconds": []}
+                                       for n in names}
+    norms: dict[int, list[float]] = {}
+    for seed in seeds:
+        test = spec.test_data(cfg.clients, seed=seed)
+        evaluate_fn = _evaluator(spec, tasks.build_model(spec, seed), test)
+        for name in names:
+            strategy: FedAvg
+            if name == "fedavg":
+                strategy = _MeasuredFedAvg(**common)
+            else:
+                strategy = SecAggFedAvg(clip_norm=clip_norm, bits=int(name[len("secagg-b"):]),
+                                        seed=seed, **common)
+            grid = LocalGrid(sim_app(), cfg.clients, seed=seed)
+            random.seed(seed)  # FedAvg samples clients with Python's global `random`
+            t = time.perf_counter()
+            result = strategy.start(grid, ArrayRecord(tasks.build_model(spec, seed)
+                                                      .state_dict()),
+                                    num_rounds=cfg.rounds,
+                                    train_config=train_config(cfg, seed),
+                                    evaluate_fn=evaluate_fn)
+            entry = runs[name]
+            entry["seconds"].append(time.perf_counter() - t)
+            acc = [_number(result.evaluate_metrics_serverapp[r], "accuracy")
+                   for r in range(cfg.rounds + 1)]
+            entry["accuracy"].append(acc)
+            entry["final"].append(acc[-1])
+            tm = result.train_metrics_clientapp
+            if isinstance(strategy, _MeasuredFedAvg):
+                entry.setdefault("reply_bytes", []).extend(strategy.reply_bytes)
+                for r, n in strategy.norms.items():
+                    norms.setdefault(r, []).extend(n)
+            else:
+                every = range(1, cfg.rounds + 1)
+                entry["m"] = int(_number(tm[1], C.METRIC_SECAGG_MODULUS_BITS))
+                entry.setdefault("masked_reply_bytes", []).extend(
+                    _number(tm[r], C.METRIC_UPLINK_BYTES) for r in every)
+                entry.setdefault("clipped", []).append(
+                    [int(_number(tm[r], C.METRIC_SECAGG_CLIPPED)) for r in every])
+                entry.setdefault("guard_band", []).append(
+                    [int(_number(tm[r], C.METRIC_SECAGG_GUARD)) for r in every])
+    for entry in runs.values():
+        final = np.asarray(entry["final"])
+        entry["mean"] = float(final.mean())
+        entry["std"] = float(final.std(ddof=1)) if len(final) > 1 else 0.0
+        sent = entry["reply_bytes"] if "reply_bytes" in entry else entry["masked_reply_bytes"]
+        entry["bits_per_coordinate"] = 8 * float(np.mean(sent)) / d
+        entry.pop("reply_bytes", None)
+        entry.pop("masked_reply_bytes", None)
+        entry.setdefault("m", 32)
+    return {
+        "task": cfg.task, "d": d, "clients": cfg.clients,
+        "clients_per_round": cfg.clients_per_round, "rounds": cfg.rounds,
+        "local_epochs": cfg.local_epochs, "optimizer": cfg.optimizer, "lr": cfg.lr,
+        "lr_schedule": cfg.lr_schedule, "alpha": cfg.alpha, "seeds": seeds,
+        "clip_norm": clip_norm, "runs": runs,
+        "fedavg_update_norms": {"round_1": _spread(norms[1]),
+                                f"round_{cfg.rounds}": _spread(norms[cfg.rounds])},
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 def dropout_round(num_nodes: int = 10, when: str = C.SECAGG_STAGE_UNMASK,
                   fraction: float = 0.2, bits: int = 4, seed: int = 0) -> dict:
     """One round where ``fraction`` of the clients vanish at stage ``when``; checks the
@@ -310,10 +468,58 @@ def run_all(quick: bool = False) -> dict:
     if not quick:
         wire.append(wire_and_time(100, 2, num_shares=21))  # SecAgg+'s sparse graph
     acc = accuracy(rounds=3 if quick else 5)
+    task = task_accuracy("mnist1d", seeds=(0,) if quick else (0, 1),
+                         rounds=3 if quick else None)
     drops = [dropout_round(when=C.SECAGG_STAGE_UNMASK),
              dropout_round(when=C.SECAGG_STAGE_MASKED_INPUT)]
-    return {"wire": wire, "accuracy": acc, "dropouts": drops,
+    return {"wire": wire, "accuracy": acc, "task_accuracy": {"mnist1d": task},
+            "not_run": {"fmnist": FMNIST_NOT_RUN}, "dropouts": drops,
             "seconds": time.perf_counter() - t}
+
+
+FMNIST_NOT_RUN = (
+    "not run. Its sweep setting (McMahan CNN, d = 1,663,370; 100 clients, 10 per round, "
+    "20 rounds of 1 local epoch over ~600 images each) measured here at ~5 s per client "
+    "round (3.2 s for a 400-image shard) and 6.6 s per central evaluation, i.e. ~20 "
+    "minutes per run and ~2 hours for FedAvg and b = 2, 4 at 2 seeds on 2 shared cores. "
+    "task_accuracy(\"fmnist\", ...) runs it where cores allow (clip_norm to be chosen "
+    "from its own FedAvg update norms).")
+
+
+def _task_markdown(res: dict) -> list[str]:
+    lines: list[str] = []
+    for name, t in res.get("task_accuracy", {}).items():
+        seeds = ", ".join(map(str, t["seeds"]))
+        lines += ["", f"## Final accuracy on {name}, against plain FedAvg", "",
+                  f"simulations task `{name}` (d = {t['d']:,}), in-process through LocalGrid "
+                  "with the simulations' ClientApp train function behind "
+                  f"`[secagg_mod, compression_mod]`: {t['clients']} clients, "
+                  f"{t['clients_per_round']} per round, {t['rounds']} rounds, "
+                  f"{t['local_epochs']} local epochs, {t['optimizer']} lr {t['lr']:g} "
+                  f"({t['lr_schedule']}), Dirichlet alpha {t['alpha']:g}; seeds {seeds}; "
+                  "accuracy on the task's held-out test set.", "",
+                  "| run | m | reply sent, bits/coord | final accuracy per seed | "
+                  "mean ± std | clients clipped (all rounds and seeds) |",
+                  "|---|---:|---:|---|---:|---:|"]
+        for run, e in t["runs"].items():
+            label = "FedAvg (float32)" if run == "fedavg" else \
+                f"SecAggFedAvg b = {run[len('secagg-b'):]}"
+            clipped = sum(map(sum, e["clipped"])) if "clipped" in e else "-"
+            mean = f"{100 * e['mean']:.1f}" + (f" ± {100 * e['std']:.1f}"
+                                               if len(e["final"]) > 1 else "")
+            lines.append(f"| {label} | {e['m']} | {e['bits_per_coordinate']:.2f} | "
+                         + " / ".join(f"{100 * a:.1f} %" for a in e["final"])
+                         + f" | {mean} % | {clipped} |")
+        n = t["fedavg_update_norms"]
+        spread = "; ".join(f"{k.replace('_', ' ')}: {v['min']:.2f} / {v['median']:.2f} / "
+                           f"{v['max']:.2f}" for k, v in n.items())
+        lines += ["", f"SecAggFedAvg: clip_norm = {t['clip_norm']:g}, unweighted mean "
+                  "(max_weight=None; FedAvg weights by num-examples). FedAvg's client "
+                  f"update norms (min / median / max), {spread}. Std over seeds with "
+                  f"ddof = 1. {t['seconds']:.0f} s."]
+    for name, why in res.get("not_run", {}).items():
+        lines += ["", f"**{name}**: {why}"]
+    return lines
 
 
 def to_markdown(res: dict) -> str:
@@ -340,6 +546,7 @@ def to_markdown(res: dict) -> str:
         lines.append(f"| {name} | {e.get('m', 32)} | " + " | ".join(
             f"{100 * a:.2f} %" for a in e["accuracy"]) + f" | {e['distance_to_fedavg']:.3f} |")
     lines += ["", "Relative distance: ||final - FedAvg's final|| / ||FedAvg's final - initial||."]
+    lines += _task_markdown(res)
     lines += ["", "## Dropouts (20 % of 10 clients)", "",
               "| dropped at | in the sum | expected | unmasked sum == plain integer sum |",
               "|---|---:|---:|---|"]
@@ -354,7 +561,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--md", type=Path, default=Path("results/secagg.md"))
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--quick", action="store_true", help="K = 10 only, 3 rounds")
+    p.add_argument("--quick", action="store_true",
+                   help="K = 10 only, 3 rounds (mnist1d: 3 rounds, seed 0)")
     args = p.parse_args(argv)
     res = run_all(args.quick)
     md = to_markdown(res)
