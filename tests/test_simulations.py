@@ -144,7 +144,7 @@ def test_run_specs_from_toml_tables_and_strings():
     assert specs[1].named().label == "topk 1.0625b + EF"
     assert C.parse_runs("hd-dither:2:downlink=hd-dither,downlink-bits=2@hd-dither 2b + down 2b;"
                         "topk:1.0625:error-feedback=true") == specs
-    assert C.parse_runs([s.to_string() for s in specs][0]) == specs[:1]
+    assert C.parse_runs(specs[0].to_string()) == specs[:1]
     assert C.RunSpec("hd-dither", 1, (("downlink", "hd-dither"), ("downlink-bits", 1))
                      ).named().label == "hd-dither 1b + down hd-dither 1b"
     cfg = C.default_config().replace(runs=specs)
@@ -297,7 +297,7 @@ def test_sweep_is_reproducible(local_sweep):
 
 
 def test_outputs(local_sweep):
-    cfg, _, results, summary, out = local_sweep
+    cfg, _, results, _summary, out = local_sweep
     assert {p.name for p in out.iterdir()} >= set(report.FILES.values())
     with open(out / "rounds.csv") as f:
         rows = list(csv.DictReader(f))
@@ -331,7 +331,7 @@ def test_outputs(local_sweep):
 def test_report_rebuilds_from_the_files(local_sweep, tmp_path):
     import shutil
 
-    _, _, results, summary, out = local_sweep
+    _, _, _results, summary, out = local_sweep
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     again = report.rebuild(copy)
