@@ -4,7 +4,9 @@
 MNIST-1D task) on Flower's Simulation Engine and writes ``results/``; ``--task`` picks
 another task (``fmnist``, ``shakespeare``, ``digits``, or ``package.module:Class`` of your
 own) and ``python -m simulations --help`` lists the options. ``flwr run
-simulations/flwr_app`` runs the same ServerApp/ClientApp pair.
+simulations/flwr_app`` runs the same ServerApp/ClientApp pair. ``grids/*.toml`` are the
+committed result grids (``--config simulations/grids/fmnist.toml --out results/fmnist``);
+``python -m simulations.report DIR`` rebuilds a finished sweep's report from its files.
 
 Modules: ``tasks/`` (the task interface and one module per task), ``server_app`` (the
 sweep as one ServerApp), ``client_app``, ``metering`` (bytes of both directions per round

@@ -64,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
                    help="keep the runs already in --out (same settings) and run only the "
                    "configurations it lacks (e.g. methods registered since), then rewrite "
                    "the report over all of them")
+    p.add_argument("--redo", metavar="LABELS",
+                   help="with --resume: run these configurations again (labels separated by "
+                   "'|'), e.g. after a fix in the strategy they use")
     p.add_argument("--plan", action="store_true",
                    help="print the configuration and the runs, run nothing")
     return p
@@ -109,8 +112,10 @@ def build_config(args: argparse.Namespace) -> C.SweepConfig:
 _RESUMABLE = ("methods", "bits", "method-bits", "runs", "out", "quick")
 
 
-def _resume(cfg: C.SweepConfig, specs: list[Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    """(runs already in ``cfg.out`` with every seed, the specs still to run, old meta)."""
+def _resume(cfg: C.SweepConfig, specs: list[Any], redo: frozenset[str] = frozenset()
+            ) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """(runs already in ``cfg.out`` with every seed, the specs still to run, old meta);
+    the labels in ``redo`` count as not run."""
     from pathlib import Path
 
     from . import report
@@ -126,7 +131,7 @@ def _resume(cfg: C.SweepConfig, specs: list[Any]) -> tuple[list[Any], list[Any],
     seeds: dict[str, set[int]] = {}
     for r in prior:
         seeds.setdefault(r.label, set()).add(r.seed)
-    done = {label for label, s in seeds.items() if set(cfg.seeds) <= s}
+    done = {label for label, s in seeds.items() if set(cfg.seeds) <= s} - redo
     wanted = {s.label for s in specs}
     keep = [r for r in prior if r.label in done and r.label in wanted and r.seed in cfg.seeds]
     return keep, [s for s in specs if s.label not in done], meta
@@ -147,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     old_meta: dict[str, Any] = {}
     if args.resume:
         try:
-            prior, todo, old_meta = _resume(cfg, specs)
+            redo = frozenset(x.strip() for x in (args.redo or "").split("|") if x.strip())
+            unknown = redo - {s.label for s in specs}
+            if unknown:
+                raise ValueError(f"--redo: no run labelled {sorted(unknown)} in this sweep")
+            prior, todo, old_meta = _resume(cfg, specs, redo)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

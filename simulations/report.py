@@ -349,6 +349,10 @@ def plot(results: list[RunResult], summary: dict[str, Any], path: Path) -> None:
     ax2.set_xlabel(f"simulated wall-clock (s, log scale): {cfg['downlink-mbps']:g} / "
                    f"{cfg['uplink-mbps']:g} Mbit/s, {cfg['latency-ms']:g} ms")
     ax3.set_xlabel("round")
+    from matplotlib.ticker import NullFormatter
+
+    for ax in (ax1, ax2):  # decades only: the minor labels of a log axis overlap
+        ax.xaxis.set_minor_formatter(NullFormatter())
     for ax in (ax1, ax2, ax3):
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, which="both", alpha=0.3)

@@ -416,3 +416,19 @@ def test_simulations_has_no_import_cycles_and_report_reads_results_only():
 
     for module in graph:
         visit(module, ())
+
+
+def test_resume_keeps_finished_runs_and_redoes_on_request(local_sweep):
+    from simulations.__main__ import _resume
+
+    cfg, _, results, _, _ = local_sweep
+    specs, _ = plan(cfg)
+    more = cfg.replace(runs=C.parse_runs("hd-dither:2:downlink=hd-dither@new"))
+    kept, todo, meta = _resume(more, plan(more)[0])
+    assert len(kept) == len(results) and [s.label for s in todo] == ["new"]
+    assert meta["sweep_seconds"] == 1.0
+    kept, todo, _ = _resume(cfg, specs, frozenset({"hd-dither 2b"}))
+    assert [s.label for s in todo] == ["hd-dither 2b"]
+    assert {r.label for r in kept} == {"identity (uncompressed)", "hd-dither 1b"}
+    with pytest.raises(ValueError, match="other settings"):
+        _resume(cfg.replace(rounds=cfg.rounds + 1), specs)
