@@ -27,7 +27,26 @@ from .round import OPTIONS, RoundCompressor
 from .transport import message_with_metadata
 
 
-class CompressedStrategy(Strategy):
+class InnerStrategyKeys:
+    """The record keys and the weight key of the wrapped strategy ``self.strategy``, with
+    FedAvg's defaults (for wrappers: ``CompressedStrategy``, ``SecAggStrategy``)."""
+
+    strategy: Strategy
+
+    @property
+    def arrayrecord_key(self) -> str:
+        return str(getattr(self.strategy, "arrayrecord_key", "arrays"))
+
+    @property
+    def configrecord_key(self) -> str:
+        return str(getattr(self.strategy, "configrecord_key", "config"))
+
+    @property
+    def weighted_by_key(self) -> str:
+        return str(getattr(self.strategy, "weighted_by_key", "num-examples"))
+
+
+class CompressedStrategy(InnerStrategyKeys, Strategy):
     """Wrap a Message-API strategy so its clients send fedhd-compressed updates.
 
     Parameters
@@ -55,19 +74,6 @@ class CompressedStrategy(Strategy):
         if unknown:
             raise TypeError(f"unknown options {sorted(unknown)}; known: {list(OPTIONS)}")
         self.compressor = RoundCompressor(method, bits, seed, **options)
-
-    # keys of the inner strategy, with FedAvg's defaults
-    @property
-    def arrayrecord_key(self) -> str:
-        return str(getattr(self.strategy, "arrayrecord_key", "arrays"))
-
-    @property
-    def configrecord_key(self) -> str:
-        return str(getattr(self.strategy, "configrecord_key", "config"))
-
-    @property
-    def weighted_by_key(self) -> str:
-        return str(getattr(self.strategy, "weighted_by_key", "num-examples"))
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""

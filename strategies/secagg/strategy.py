@@ -53,6 +53,7 @@ from fedhd.rng import modular_dither_seed, round_seed
 
 from .. import constants as C
 from ..transport import as_sent, message_wire_bytes, message_with_metadata
+from ..wrapper import InnerStrategyKeys
 from .crypto import RandBytes
 from .params import (
     TAIL_CAPPED,
@@ -518,7 +519,7 @@ class SecAggFedAvg(FedAvg):
         return outcome.arrays, metrics
 
 
-class SecAggStrategy(Strategy):
+class SecAggStrategy(InnerStrategyKeys, Strategy):
     """Secure aggregation around a mean-based Message-API strategy (FedAvg, FedProx,
     FedAvgM, FedAdam, FedAdagrad, FedYogi): the inner strategy samples and configures, the
     protocol replaces its train replies by ONE reply holding global + mean update, and
@@ -554,14 +555,6 @@ class SecAggStrategy(Strategy):
             max_weight=max_weight, slack=slack, log2_chunk=log2_chunk, seed=seed,
             target_unclipped=target_unclipped, clip_lr=clip_lr, client_metrics=client_metrics,
             stage_timeout=stage_timeout, wire_accounting=wire_accounting, randbytes=randbytes)
-
-    @property
-    def arrayrecord_key(self) -> str:
-        return str(getattr(self.strategy, "arrayrecord_key", "arrays"))
-
-    @property
-    def weighted_by_key(self) -> str:
-        return str(getattr(self.strategy, "weighted_by_key", "num-examples"))
 
     def summary(self) -> None:
         log(INFO, "\t├──> secure aggregation around %s", type(self.strategy).__name__)
