@@ -29,7 +29,8 @@ from .transport import message_with_metadata
 
 class InnerStrategyKeys:
     """The record keys and the weight key of the wrapped strategy ``self.strategy``, with
-    FedAvg's defaults (for wrappers: ``CompressedStrategy``, ``SecAggStrategy``)."""
+    FedAvg's defaults, and the one reply a wrapper hands it (for ``CompressedStrategy`` and
+    ``SecAggStrategy``)."""
 
     strategy: Strategy
 
@@ -44,6 +45,20 @@ class InnerStrategyKeys:
     @property
     def weighted_by_key(self) -> str:
         return str(getattr(self.strategy, "weighted_by_key", "num-examples"))
+
+    def mean_reply(self, arrays: ArrayRecord, total_weight: float,
+                   client_metrics: MetricRecord | None, like: Message) -> Message:
+        """One reply holding global + mean update, the total weight and the clients'
+        aggregated metrics, with the metadata of the accepted reply ``like``: what the inner
+        strategy's ``aggregate_train`` gets in place of the round's replies."""
+        weight: int | float = total_weight
+        if float(weight).is_integer():
+            weight = int(weight)
+        summary = MetricRecord(dict(client_metrics or {}))
+        summary[self.weighted_by_key] = weight
+        return message_with_metadata(
+            RecordDict({self.arrayrecord_key: arrays, "metrics": summary}),
+            copy.copy(like.metadata))
 
 
 class CompressedStrategy(InnerStrategyKeys, Strategy):
@@ -112,15 +127,8 @@ class CompressedStrategy(InnerStrategyKeys, Strategy):
         )
         if outcome.arrays is None:
             return None, MetricRecord(dict(outcome.fedhd_metrics))
-        weight: int | float = outcome.total_weight
-        if float(weight).is_integer():
-            weight = int(weight)
-        summary = MetricRecord(dict(outcome.client_metrics or {}))
-        summary[self.weighted_by_key] = weight
-        mean_reply = message_with_metadata(
-            RecordDict({self.arrayrecord_key: outcome.arrays, "metrics": summary}),
-            copy.copy(outcome.accepted[0].metadata),
-        )
+        mean_reply = self.mean_reply(outcome.arrays, outcome.total_weight,
+                                     outcome.client_metrics, outcome.accepted[0])
         arrays, metrics = self.strategy.aggregate_train(server_round, [mean_reply])
         out = MetricRecord(dict(metrics or {}))
         out.update(outcome.fedhd_metrics)

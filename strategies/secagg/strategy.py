@@ -23,7 +23,6 @@ answers with an error, has dropped out at that stage.
 
 from __future__ import annotations
 
-import copy
 import math
 import secrets
 import time
@@ -52,7 +51,7 @@ from fedhd import modular
 from fedhd.rng import modular_dither_seed, round_seed
 
 from .. import constants as C
-from ..transport import as_sent, message_wire_bytes, message_with_metadata
+from ..transport import as_sent, message_wire_bytes
 from ..wrapper import InnerStrategyKeys
 from .crypto import RandBytes
 from .params import (
@@ -571,14 +570,8 @@ class SecAggStrategy(InnerStrategyKeys, Strategy):
                                         getattr(self.strategy, "train_metrics_aggr_fn", None))
         if outcome.arrays is None:
             return None, outcome.metrics
-        weight: int | float = outcome.total_weight
-        if float(weight).is_integer():
-            weight = int(weight)
-        summary = MetricRecord(dict(outcome.client_metrics or {}))
-        summary[self.weighted_by_key] = weight
-        mean_reply = message_with_metadata(
-            RecordDict({self.arrayrecord_key: outcome.arrays, "metrics": summary}),
-            copy.copy(outcome.accepted[0].metadata))
+        mean_reply = self.mean_reply(outcome.arrays, outcome.total_weight,
+                                     outcome.client_metrics, outcome.accepted[0])
         arrays, metrics = self.strategy.aggregate_train(server_round, [mean_reply])
         out = MetricRecord(dict(metrics or {}))
         out.update(outcome.metrics)
