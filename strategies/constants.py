@@ -61,6 +61,11 @@ KEY_DOWN_ORDER = PREFIX + "down.order"
 KEY_DOWN_FLOAT_KEYS = PREFIX + "down.float-keys"
 #: The versions the message's deltas lead to, oldest first (empty: a keyframe, or none).
 KEY_DOWN_DELTAS = PREFIX + "down.deltas"
+#: The grid P_t is kept on ("float32" or "bfloat16"); the node rounds each step there too.
+KEY_DOWN_PRECISION = PREFIX + "down.precision"
+#: Stype of a keyframe array sent as bfloat16 bits (uint16 data; dtype and shape: the
+#: array's own).
+BFLOAT16_STYPE = PREFIX + "bfloat16"
 #: True when the message's ArrayRecord holds the full P_t (a keyframe).
 KEY_DOWN_KEYFRAME = PREFIX + "down.keyframe"
 #: ArrayRecord key prefix of a delta blob: ``fedhd.down.<version>`` (stype BLOB_STYPE).

@@ -1,10 +1,15 @@
 """Compressed downlink: the server broadcasts compressed model deltas with error feedback,
 and every client that trains holds exactly the model the server thinks it holds.
 
-The server keeps the public model P_v (float32; version v), the model every up-to-date
-node holds bit for bit. When the strategy's global model G changes, it encodes
-G - P_{v-1} with a fedhd method and sets P_v = P_{v-1} + decode(blob), decoding with the
-same deterministic kernels a node uses. What the compression left out stays in G - P_v and
+The server keeps the public model P_v (float32 arrays; version v), the model every
+up-to-date node holds bit for bit. With ``precision="bfloat16"`` P's values are kept on the
+bfloat16 grid (round to nearest even, float32 range): every P_v is rounded there on both
+sides, and a keyframe then costs 2 bytes per coordinate instead of 4. The rounding is part
+of what the error feedback carries, so G does not lose it.
+
+When the strategy's global model G changes, the server encodes G - P_{v-1} with a fedhd
+method and sets P_v = P_{v-1} + decode(blob), decoding with the same deterministic kernels
+a node uses. What the compression left out stays in G - P_v and
 is sent with the next delta: error feedback in model space (EF21-P, Gruntkowska et al.
 2023; DoubleSqueeze, Tang et al. 2019). Nodes train from P_v, which is what they received,
 and their updates are measured against it, so the uplink stays unbiased relative to it.
@@ -63,13 +68,52 @@ def _concat(arrays: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:
             else np.empty(0, np.float32))
 
 
-def _representable(vector: np.ndarray, like: dict[str, np.ndarray], keys: list[str]
-                   ) -> np.ndarray:
-    """``vector`` rounded to what the arrays' dtypes hold (float16 arrays round; float32 and
-    float64 ones hold float32 exactly): server and nodes then keep the same P."""
+#: The grids P can be kept on (``PublicModel(precision=...)``).
+PRECISIONS = ("float32", "bfloat16")
+
+
+def to_bfloat16_bits(vector: np.ndarray) -> np.ndarray:
+    """The upper 16 bits (uint16) of float32 ``vector`` rounded to the nearest bfloat16
+    (ties to even); finite values up to 3.39e38 stay finite."""
+    u = np.ascontiguousarray(vector, np.float32).view(np.uint32)
+    return ((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+
+
+def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
+    """float32 values of bfloat16 ``bits`` (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _representable(vector: np.ndarray, like: dict[str, np.ndarray], keys: list[str],
+                   precision: str = "float32") -> np.ndarray:
+    """``vector`` rounded to ``precision`` and then to what the arrays' dtypes hold (float16
+    arrays round; float32 and float64 ones hold float32 exactly): server and nodes then
+    keep the same P."""
+    if precision == "bfloat16":
+        vector = from_bfloat16_bits(to_bfloat16_bits(vector))
     if all(like[k].dtype in (np.float32, np.float64) for k in keys):
         return vector
     return _concat(_split(vector, like, keys), keys)
+
+
+def _keyframe_array(values: np.ndarray, precision: str) -> Array:
+    """One float array of a keyframe: as numpy, or (bfloat16 P, float32/float64 arrays) as
+    its bfloat16 bits under stype ``BFLOAT16_STYPE`` with the array's own dtype and shape."""
+    if precision != "bfloat16" or values.dtype == np.float16:
+        return Array(values)
+    return Array(dtype=str(values.dtype), shape=values.shape, stype=C.BFLOAT16_STYPE,
+                 data=to_bfloat16_bits(values.ravel()).tobytes())
+
+
+def _keyframe_values(array: Array) -> np.ndarray:
+    """The inverse of ``_keyframe_array``."""
+    if array.stype != C.BFLOAT16_STYPE:
+        return array.numpy()
+    bits = np.frombuffer(array.data, np.uint16)
+    shape = tuple(array.shape)
+    if bits.size != int(np.prod(shape)) or array.dtype not in ("float32", "float64"):
+        raise OutOfSync("malformed bfloat16 keyframe array")
+    return from_bfloat16_bits(bits).reshape(shape).astype(array.dtype)
 
 
 @dataclass
@@ -106,13 +150,18 @@ class PublicModel:
         Deltas kept for catch-up (as blobs); a node further behind gets a keyframe.
     exact : sequence of str
         fnmatch patterns of float arrays sent exactly in every message (as the uplink's).
+    precision : "float32" or "bfloat16"
+        The grid P is kept on; "bfloat16" halves keyframes (2 bytes per coordinate).
     """
 
     def __init__(self, method: str, bits: float | None, seed: int, log2_chunk: int | None,
-                 max_deltas: int = 16, exact: Sequence[str] = ()):
+                 max_deltas: int = 16, exact: Sequence[str] = (), precision: str = "float32"):
         self.codec = make_codec(method, bits, log2_chunk)
         if isinstance(max_deltas, bool) or not isinstance(max_deltas, int) or max_deltas < 0:
             raise ValueError(f"max_deltas must be a non-negative int, got {max_deltas!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         self.seed = seed
         self.exact = tuple(exact)
         self.version = -1
@@ -143,7 +192,7 @@ class PublicModel:
         g = _concat(arrs, keys)
         if not same_structure:
             self.version += 1
-            self.vector = _representable(g.copy(), arrs, keys)
+            self.vector = _representable(g.copy(), arrs, keys, self.precision)
             self.deltas.clear()
             self.acked.clear()  # everyone needs a keyframe of the new structure
             self.float_keys, self.order = keys, list(arrs)
@@ -155,7 +204,7 @@ class PublicModel:
                 blob = self.codec.encode(g - self.vector, seed=rot, dither_seed=dither)
                 # exactly what every node computes (``receive``)
                 self.vector = _representable(self.vector + fedhd.decode(blob), self._like,
-                                             keys)
+                                             keys, self.precision)
                 self.deltas.append((self.version, blob))
         else:
             return
@@ -175,7 +224,9 @@ class PublicModel:
         """Each message with, for its node, the deltas it misses or a keyframe."""
         record = self.public_record(arrays)
         stats = RoundDownlink(self.version)
-        keyframe_bytes = sum(a.nbytes for a in self._like.values())
+        keyframe = ArrayRecord({k: _keyframe_array(record[k].numpy(), self.precision)
+                                if k in self.float_keys else record[k] for k in self.order})
+        keyframe_bytes = sum(len(keyframe[k].data) for k in self.float_keys)
         newest = self.deltas[-1][0] if self.deltas else None
         out = []
         for msg in messages:
@@ -183,7 +234,7 @@ class PublicModel:
             blobs = self._catch_up(self.acked.get(node), keyframe_bytes)
             parts = ArrayRecord({k: record[k] for k in self.order if k not in self.float_keys})
             if blobs is None:
-                parts = ArrayRecord({k: record[k] for k in self.order})
+                parts = keyframe
                 stats.keyframes += 1
                 stats.keyframe_bytes += keyframe_bytes
             else:
@@ -224,6 +275,7 @@ class PublicModel:
 
     def _config(self, blobs: list[tuple[int, bytes]] | None) -> dict:
         return {C.KEY_DOWN_VERSION: self.version, C.KEY_DOWN_HASH: self.hash,
+                C.KEY_DOWN_PRECISION: self.precision,
                 C.KEY_DOWN_ORDER: list(self.order), C.KEY_DOWN_FLOAT_KEYS: list(self.float_keys),
                 C.KEY_DOWN_DELTAS: [v for v, _ in blobs or []],
                 C.KEY_DOWN_KEYFRAME: blobs is None}
@@ -282,11 +334,14 @@ def _receive(record: ArrayRecord, config: ConfigRecord, state: RecordDict) -> Ar
     order: list[str] = _listed(config, C.KEY_DOWN_ORDER, str)
     float_keys: list[str] = _listed(config, C.KEY_DOWN_FLOAT_KEYS, str)
     deltas: list[int] = _listed(config, C.KEY_DOWN_DELTAS, int)
+    precision = config.get(C.KEY_DOWN_PRECISION)
+    if precision not in PRECISIONS:
+        raise OutOfSync(f"unknown downlink precision {precision!r}")
     if config.get(C.KEY_DOWN_KEYFRAME) is True:
         missing = [k for k in order if k not in record]
         if missing:
             raise OutOfSync(f"keyframe without arrays {missing}")
-        public = {k: record[k].numpy() for k in float_keys}
+        public = {k: _keyframe_values(record[k]) for k in float_keys}
         vector = _concat(public, float_keys)
     else:
         stored = state.get(C.STATE_PUBLIC)
@@ -309,7 +364,7 @@ def _receive(record: ArrayRecord, config: ConfigRecord, state: RecordDict) -> Ar
                 raise OutOfSync(f"delta {v} is missing")
             try:
                 vector = _representable(vector + fedhd.decode(bytes(blob_array.data)),
-                                        public, float_keys)
+                                        public, float_keys, str(precision))
             except (fedhd.DecodeError, ValueError) as e:
                 raise OutOfSync(f"delta {v}: {e}") from None
         public = _split(vector, public, float_keys)

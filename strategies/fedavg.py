@@ -71,6 +71,9 @@ class CompressedFedAvg(FedAvg):
         Bits per coordinate of the downlink deltas (the method's default when None).
     downlink_max_deltas : int (default: 16)
         Deltas kept for catch-up; a node further behind gets a keyframe.
+    downlink_precision : "float32" or "bfloat16" (default: "float32")
+        The grid P is kept on. "bfloat16" rounds P (both sides, error feedback keeps the
+        rounding in G) and sends keyframes at 2 bytes per coordinate instead of 4.
     error_feedback : bool, optional (default: None)
         Client-side error feedback (``strategies.error_feedback``): each node keeps the
         residual of what its blobs left out and adds it to its next update. None: on for

@@ -49,7 +49,8 @@ from .transport import as_sent, message_wire_bytes, message_with_metadata
 MetricsAggrFn = Callable[[list[RecordDict], str], MetricRecord]
 #: Keyword options of ``RoundCompressor`` that the strategies pass through.
 OPTIONS = ("log2_chunk", "wire_accounting", "exact", "device", "max_update_norm", "norm_bound",
-           "downlink", "downlink_bits", "downlink_max_deltas", "error_feedback")
+           "downlink", "downlink_bits", "downlink_max_deltas", "downlink_precision",
+           "error_feedback")
 
 
 def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -140,6 +141,8 @@ class RoundCompressor:
         Bits per coordinate of the downlink deltas (the method's default when None).
     downlink_max_deltas : int (default: 16)
         Deltas the server keeps for nodes that missed rounds; further behind: a keyframe.
+    downlink_precision : "float32" or "bfloat16" (default: "float32")
+        The grid the public model P is kept on; "bfloat16" halves keyframes.
     error_feedback : bool, optional (default: None)
         Client-side error feedback (``strategies.error_feedback``): each node keeps the
         residual e of what its blobs left out and sends encode(update + e). None: on for
@@ -153,7 +156,7 @@ class RoundCompressor:
                  device: str | None = None, max_update_norm: float | None = None,
                  norm_bound: NormBound = "drop", downlink: bool | str = False,
                  downlink_bits: float | None = None, downlink_max_deltas: int = 16,
-                 error_feedback: bool | None = None):
+                 downlink_precision: str = "float32", error_feedback: bool | None = None):
         codec = make_codec(method, bits, log2_chunk)  # validates method, bits, chunk
         if error_feedback is not None and not isinstance(error_feedback, bool):
             raise TypeError(f"error_feedback must be a bool or None, got {error_feedback!r}")
@@ -181,7 +184,7 @@ class RoundCompressor:
         self.norm_bound = norm_bound
         self.downlink = None if downlink is False else PublicModel(
             C.DEFAULT_METHOD if downlink is True else str(downlink), downlink_bits, seed,
-            log2_chunk, downlink_max_deltas, self.exact)
+            log2_chunk, downlink_max_deltas, self.exact, downlink_precision)
         self._sent: dict[str, RoundDownlink] = {}  # message type -> what its messages carried
         self._round: RoundState | None = None
 

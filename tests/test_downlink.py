@@ -14,7 +14,14 @@ from flwr.clientapp import ClientApp
 from benchmarks.localgrid import LocalGrid
 from strategies import CompressedFedAvg, compression_mod, message_wire_bytes
 from strategies import constants as C
-from strategies.downlink import OutOfSync, PublicModel, model_hash, receive
+from strategies.downlink import (
+    OutOfSync,
+    PublicModel,
+    from_bfloat16_bits,
+    model_hash,
+    receive,
+    to_bfloat16_bits,
+)
 
 D_W, D_B = (40, 50), (50,)
 
@@ -275,16 +282,19 @@ def test_the_wrapper_compresses_the_downlink_too():
     assert all(m[r][C.METRIC_ERROR_REPLIES] == 0 for r in m)
 
 
-def test_the_server_model_keeps_what_the_downlink_left_out():
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_server_model_keeps_what_the_downlink_left_out(precision):
     """EF21-P through the strategy: G_T = G_0 + sum of mean updates exactly (an identity
     uplink), and P stays within about one delta's error of G. The residual r = G - P obeys
     E||r'||^2 = w E||s + r||^2 (w = hd-dither's vNMSE at 2 bits, ~0.16; s the round's step),
     so ||r|| settles near sqrt(w / (1 - w)) ||s|| ~ 0.43 ||s||; without the feedback it
-    would grow like sqrt(w T) ||s|| (~2.2 ||s|| after T = 30 rounds). Bound: 1.0 ||s||."""
+    would grow like sqrt(w T) ||s|| (~2.2 ||s|| after T = 30 rounds). Bound: 1.0 ||s||.
+    A bfloat16 P adds its rounding (rms 2^-8 |x| / sqrt(3), ~0.1 ||s|| here) to r: the
+    same bound holds, and G is still exact."""
     seen: list = []
     grid = LocalGrid(make_app(seen), 2, seed=1)
     s = CompressedFedAvg("identity", None, 1, fraction_evaluate=0.0, downlink="hd-dither",
-                         downlink_bits=2)
+                         downlink_bits=2, downlink_precision=precision)
     rounds = 30
     res = s.start(grid, initial(), num_rounds=rounds)
     expect = vector(initial()).astype(np.float64)
@@ -298,3 +308,40 @@ def test_the_server_model_keeps_what_the_downlink_left_out():
     pm = s.compressor.downlink
     step = float(np.mean([np.linalg.norm(x) for x in steps]))
     assert np.linalg.norm(pm.vector - pm._global) < 1.0 * step
+
+
+def test_bfloat16_bits_round_to_nearest_even_as_torch_does():
+    import torch
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.standard_normal(10_000) * 10.0 ** rng.integers(-30, 30, 10_000),
+                        [0.0, -0.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 3.0e38, -1e-40]]
+                       ).astype(np.float32)
+    ours = from_bfloat16_bits(to_bfloat16_bits(x))
+    ref = torch.from_numpy(x).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))
+    assert np.all(np.isfinite(ours))
+
+
+def test_a_bfloat16_public_model_keeps_nodes_in_sync_with_half_size_keyframes():
+    """Nodes hold P bit for bit, P lies on the bfloat16 grid, and a keyframe's float arrays
+    cost 2 bytes per coordinate (the metric and the messages as sent)."""
+    s, seen, _, _ = run(downlink_precision="bfloat16")
+    trained = [(r, h) for _, r, h in seen if r > 0]
+    assert len(trained) == 12 * 3 and all(h == s.hashes[r] for r, h in trained)
+    p = s.compressor.downlink.vector
+    np.testing.assert_array_equal(from_bfloat16_bits(to_bfloat16_bits(p)), p)
+    d = p.size
+    m = s.metrics
+    assert all(x[C.METRIC_ERROR_REPLIES] == 0 for x in m)
+    assert m[0][C.METRIC_DOWN_KEYFRAMES] == 3
+    assert m[0][C.METRIC_DOWN_KEYFRAME_BYTES] == 3 * 2 * d
+    pm = PublicModel("hd-dither", 2, 9, None, precision="bfloat16")
+    g = initial()
+    pm.advance(g)
+    (msg,), _ = pm.address([Message(RecordDict({"arrays": g, "config": ConfigRecord()}), 1,
+                                    "train")], g, "arrays", "config")
+    plain = Message(RecordDict({"arrays": g, "config": ConfigRecord()}), 1, "train")
+    saved = message_wire_bytes(plain) - message_wire_bytes(msg)
+    assert 2 * d - 200 < saved <= 2 * d  # the config keys cost a few bytes back
+    with pytest.raises(ValueError, match="precision"):
+        PublicModel("hd-dither", 2, 9, None, precision="float16")
