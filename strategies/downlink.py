@@ -105,6 +105,12 @@ def _keyframe_array(values: np.ndarray, precision: str) -> Array:
                  data=to_bfloat16_bits(values.ravel()).tobytes())
 
 
+def _keyframe_nbytes(like: np.ndarray, precision: str) -> int:
+    """Bytes of a float array's values in a keyframe (without numpy's array header)."""
+    packed = precision == "bfloat16" and like.dtype != np.float16
+    return 2 * like.size if packed else like.nbytes
+
+
 def _keyframe_values(array: Array) -> np.ndarray:
     """The inverse of ``_keyframe_array``."""
     if array.stype != C.BFLOAT16_STYPE:
@@ -226,7 +232,7 @@ class PublicModel:
         stats = RoundDownlink(self.version)
         keyframe = ArrayRecord({k: _keyframe_array(record[k].numpy(), self.precision)
                                 if k in self.float_keys else record[k] for k in self.order})
-        keyframe_bytes = sum(len(keyframe[k].data) for k in self.float_keys)
+        keyframe_bytes = sum(_keyframe_nbytes(a, self.precision) for a in self._like.values())
         newest = self.deltas[-1][0] if self.deltas else None
         out = []
         for msg in messages:
