@@ -1,4 +1,4 @@
-"""Command line: ``python -m fedhd bench {speed,vnmse,figures}``."""
+"""Command line: ``python -m fedhd bench {speed,vnmse,figures,ec,memory}``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ BENCHES = {
     "vnmse": "fedhd.bench.vnmse",  # error and bias of every method (peer comparison)
     "figures": "fedhd.bench.figures",  # the hd-dither figures of README
     "ec": "fedhd.bench.ec",  # hd-dither-ec speed and coder share
+    "memory": "fedhd.bench.memory",  # peak memory of encode, decode, Aggregator at large d
 }
 
 

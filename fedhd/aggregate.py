@@ -165,43 +165,63 @@ class Aggregator:
             raise DecodeError("weight * update overflows the round's sum")
         self._plain = total
 
-    def mean(self, out: Any = None) -> Any:
+    def mean(self, out: Any = None, release: bool = False) -> Any:
         """The weighted mean of everything added (float32); one inverse HD per chunk.
 
         Into ``out`` when given (a float32 vector of length d: numpy, or CUDA when the
         aggregator has a ``device``); else a new numpy vector, or with ``device`` a new
-        torch tensor there. ValueError if the mean is not finite (it cannot be, by the
-        bounds ``add`` keeps).
+        torch tensor there. ``release=True`` (no ``out``): the mean takes the running sum's
+        own memory when it can (one rotated sum, nothing else added: no new d-vector) and
+        the aggregator is left empty, ready for a new round. ValueError if the mean is not
+        finite (it cannot be, by the bounds ``add`` keeps).
         """
         if self.count == 0:
             raise ValueError("nothing was added")
         be = self.backend
-        if out is not None and (tuple(out.shape) != (self.d,)
+        if out is not None and (release or tuple(out.shape) != (self.d,)
                                 or str(out.dtype).removeprefix("torch.") != "float32"):
-            raise ValueError(f"out must be a float32 vector of length {self.d}")
+            raise ValueError(f"out must be a float32 vector of length {self.d}"
+                             + (" (and not given with release=True)" if release else ""))
+        sums = list(self._rotated.items())
         # a host ``out`` on a GPU aggregator: finish on the device, then copy back
         staged = isinstance(out, np.ndarray) and be is not backend.CPU
         with be.call():
-            if staged:
-                result, target = out, be.zeros(self.d, np.float32)
-            else:
-                result, target = be.output(self.d, out)
-            total = be.zeros(self.d, np.float64)
-            for (seed, log2_chunk, _), (acc_be, acc, _) in self._rotated.items():
+            if len(sums) == 1 and self._plain is None and sums[0][1][0] is be:
+                # one rotated sum: unrotate straight into the result, no float64 vector
+                (seed, log2_chunk, _), (_, acc, _) = sums[0]
+                if release and be is backend.CPU:
+                    result = target = acc[: self.d]
+                elif staged:
+                    result, target = out, be.zeros(self.d, np.float32)
+                else:
+                    result, target = be.output(self.d, out)
                 layout = make_layout(self.d, log2_chunk)
-                with acc_be.call():
-                    part = acc_be.zeros(self.d, np.float32)
-                    acc_be.unrotate(acc_be.copy(acc), layout, sign_keys(seed, layout.chunks),
-                                    part)
-                be.accumulate(total, part if acc_be is be else acc_be.to_host(part))
-            if self._plain is not None:
-                be.accumulate(total, self._plain)
-            be.finish(total, self.total_weight, target)
+                be.unrotate(acc, layout, sign_keys(seed, layout.chunks), target)
+                be.finish(target, self.total_weight, target)
+            else:
+                if staged:
+                    result, target = out, be.zeros(self.d, np.float32)
+                else:
+                    result, target = be.output(self.d, out)
+                total = be.zeros(self.d, np.float64)
+                for (seed, log2_chunk, _), (acc_be, acc, _) in sums:
+                    layout = make_layout(self.d, log2_chunk)
+                    with acc_be.call():
+                        part = acc_be.zeros(self.d, np.float32)
+                        acc_be.unrotate(acc, layout, sign_keys(seed, layout.chunks), part)
+                    be.accumulate(total, part if acc_be is be else acc_be.to_host(part))
+                if self._plain is not None:
+                    be.accumulate(total, self._plain)
+                be.finish(total, self.total_weight, target)
             host = be.to_host(target)
-            if not np.isfinite(host).all():
+            # a float64 sum of finite float32 values is finite: no d-sized mask needed
+            if not np.isfinite(np.add.reduce(host, dtype=np.float64)):
                 raise ValueError("the mean is not finite")
             if staged:
                 out[:] = host
+        if release:
+            self._plain, self._rotated = None, {}
+            self.total_weight, self.count = 0.0, 0
         return result
 
 

@@ -51,6 +51,59 @@ def test_aggregator_equals_mean_of_decodes(method):
     assert np.linalg.norm(got - expect) <= 1e-5 * np.linalg.norm(expect) + 1e-7
 
 
+@pytest.mark.parametrize("method", ["hd-dither", "hd-dither-ec", "qsgd"])
+def test_a_released_mean_is_the_same_mean_and_empties_the_aggregator(method):
+    """mean(release=True) gives the same bits as mean() (for a rotated method in the sum's
+    own memory) and leaves the aggregator ready for a new round."""
+    d = 70_001  # several chunks, the last one partial
+    m = get(method)
+    blobs = [fedhd.encode(_x(d, seed=k), bits=m.default_bits, seed=9, method=method,
+                          dither_seed=k) for k in range(3)]
+    agg = fedhd.Aggregator(d, seed=9)
+    for k, b in enumerate(blobs):
+        agg.add(b, 1.0 + k)
+    kept = agg.mean()
+    np.testing.assert_array_equal(agg.mean(), kept)  # mean() leaves the sum alone
+    with pytest.raises(ValueError, match="release"):
+        agg.mean(out=np.empty(d, np.float32), release=True)
+    released = agg.mean(release=True)
+    np.testing.assert_array_equal(released, kept)
+    assert agg.count == 0 and agg.total_weight == 0
+    with pytest.raises(ValueError, match="nothing"):
+        agg.mean()
+    agg.add(blobs[0], 1.0)  # a new round
+    np.testing.assert_array_equal(agg.mean(), fedhd.decode(blobs[0]))
+
+
+def test_unrotate_keeps_its_input_and_may_write_over_it():
+    from fedhd import rng
+    from fedhd.kernels import transform_pack as K
+    from fedhd.layout import make_layout
+
+    d = 70_001
+    lay = make_layout(d, 12)
+    keys = rng.sign_keys(3, lay.chunks)
+    acc = np.random.default_rng(1).standard_normal(lay.padded).astype(np.float32)
+    before = acc.copy()
+    out = np.empty(d, np.float32)
+    K.unrotate(acc, d, lay.starts, lay.sizes, keys, out)
+    np.testing.assert_array_equal(acc, before)
+    ref = np.empty(d, np.float32)  # the textbook transform, chunk by chunk
+    for c in range(lay.chunks):
+        a, n = lay.starts[c], lay.sizes[c]
+        y = before[a:a + n].astype(np.float64)
+        h = 1
+        while h < n:
+            y = y.reshape(-1, 2, h)
+            y = np.stack([y[:, 0] + y[:, 1], y[:, 0] - y[:, 1]], axis=1).reshape(-1)
+            h *= 2
+        real = min(n, d - a)
+        ref[a:a + real] = (rng.signs(int(keys[c]), n)[:real] * y[:real])
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    K.unrotate(acc, d, lay.starts, lay.sizes, keys, acc[:d])  # in place
+    np.testing.assert_array_equal(acc[:d], out)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_aggregator_rejects_mismatched_blobs_and_keeps_sum(method):
     m = get(method)

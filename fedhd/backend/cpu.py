@@ -78,7 +78,8 @@ class Backend:
         raise NotImplementedError
 
     def unrotate(self, acc: Any, layout: Layout, keys: np.ndarray, out: Any) -> None:
-        """out[:d] = D H acc chunk by chunk (acc, padded, is overwritten)."""
+        """out[:d] = D H acc chunk by chunk; acc (padded) is left as it was, and ``out``
+        may be acc[:d] itself."""
         raise NotImplementedError
 
     def accumulate(self, total: Any, part: Any) -> None:
@@ -87,7 +88,8 @@ class Backend:
         raise NotImplementedError
 
     def finish(self, total: Any, weight: float, out: Any) -> None:
-        """out[i] = float32(total[i] / weight)."""
+        """out[i] = float32(float64(total[i]) / weight); total float64 or float32 (d), and
+        ``out`` may be total itself."""
         raise NotImplementedError
 
 
@@ -163,12 +165,11 @@ class CpuBackend(Backend):
         dst[:] = host
 
     def rotate_quantize(self, x, layout, keys, thr_norm, clip, bits, code_off, out):
-        s = np.sqrt(finite_chunk_sumsq(x, layout)).astype(np.float32)
-        thr = np.full((layout.chunks, 1 << bits), np.inf, np.float32)
-        # thresholds in the domain of the unnormalized FWHT output y' = sqrt(n) y = s z
-        thr[:, :-1] = thr_norm * s[:, None]
-        sum_yc = K.rotate_quantize(x, layout.d, layout.starts, layout.sizes, keys, thr, bits,
-                                   out, code_off, (clip * s).astype(np.float32))
+        s, sum_yc = K.rotate_quantize(x, layout.d, layout.starts, layout.sizes, keys,
+                                      np.ascontiguousarray(thr_norm, np.float64), np.float32(clip),
+                                      bits, out, code_off)
+        if not np.isfinite(s).all():
+            raise ValueError("x contains NaN or Inf")
         return s, sum_yc
 
     def dequantize_unrotate(self, codes, layout, keys, tables, bits, code_off, out):
@@ -186,8 +187,7 @@ class CpuBackend(Backend):
         total += part
 
     def finish(self, total, weight, out):
-        np.divide(total, weight, out=total)
-        out[:] = total
+        K.finish(total, weight, out)
 
 
 CPU = CpuBackend()

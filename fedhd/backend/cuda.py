@@ -420,7 +420,8 @@ class CudaBackend(Backend):
         lookup_rotated(codes, layout, tables, bits, code_off, weight, acc)
 
     def unrotate(self, acc, layout, keys, out):
-        unrotate(acc, layout, keys, out)
+        # the kernels overwrite their input: work on a copy (acc stays; out may alias it)
+        unrotate(copy(acc), layout, keys, out)
 
     def accumulate(self, total, part):
         # a host part keeps its precision (the float64 sum of directly decoded vectors)

@@ -68,8 +68,9 @@ def _constriction(x: np.ndarray, blob: bytes, chunks: int) -> None:
     cat = constriction.stream.model.Categorical
     for c in range(min(chunks, C)):
         K, A, freq, _ = E._models(np.float64(steps[c]), int(models[c]))
-        _, sym, _ = E._chunk_symbols(c, y, layout.starts, layout.sizes, scales, steps, dkeys,
-                                     K, int(layout.sizes[c]))
+        n = int(layout.sizes[c])
+        _, sym, _ = E._chunk_symbols(c, y[layout.starts[c]:layout.starts[c] + n], scales, steps,
+                                     dkeys, K, n)
         sym = np.where(sym < 0, -sym - 1, sym)
         bins, j = sym // A, (sym % A).astype(np.int32)
         cats = [cat(freq[b * A:(b + 1) * A] / float(E.M), perfect=False)

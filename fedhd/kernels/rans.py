@@ -38,6 +38,7 @@ states back at L: the decoder checks both.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 from llvmlite import ir
@@ -46,7 +47,7 @@ from numba.extending import intrinsic
 
 from ..rng import splitmix_nb
 from .threads import over_chunks
-from .transform_pack import fwht, load_signed, store_signed
+from .transform_pack import fwht, rotate_chunk, store_signed
 
 PREC = 16
 M = 1 << PREC
@@ -191,11 +192,10 @@ def quantize(v, inv, k):
 
 
 @njit(cache=True)
-def _rotate_chunk(c, x, d, starts, sizes, keys, y):
+def _rotate_chunk(c, x, d, starts, sizes, keys, b):
+    """b[:n] = H D x of chunk c (n = sizes[c]); returns ||b||^2 (float64)."""
     n = sizes[c]
-    b = y[starts[c]:starts[c] + n]
-    load_signed(x, starts[c], min(n, d - starts[c]), keys[c], b)
-    fwht(b)
+    rotate_chunk(x, d, starts[c], keys[c], b)
     a0 = 0.0
     a1 = 0.0
     a2 = 0.0
@@ -223,27 +223,28 @@ def _models(delta, model):
 
 
 @njit(cache=True)
-def _chunk_symbols(c, y, starts, sizes, scales, steps, dkeys, K, n):
-    """Dither words, flat symbols and 1 / (s delta) of the first n coordinates of chunk c."""
+def _chunk_symbols(c, b, scales, steps, dkeys, K, n):
+    """Dither words, flat symbols and 1 / (s delta) of the first n coordinates b[:n] of
+    rotated chunk c."""
     words = np.empty(n, np.uint32)
     dither_words(dkeys[c], n, words)
     inv = 1.0 / (np.float64(scales[c]) * np.float64(steps[c]))
     sym = np.empty(n, np.int32)
-    chunk_symbols(y[starts[c]:starts[c] + n], words, inv, K, sym)
+    chunk_symbols(b[:n], words, inv, K, sym)
     return words, sym, inv
 
 
 @njit(cache=True)
 def _measure_chunk(c, y, starts, sizes, scales, steps, dkeys, shift, out):
     """out[m] = code length of chunk c under model m, estimated from its first n >> shift
-    coordinates (one histogram serves every model)."""
+    coordinates, held at y[starts[c]:] (one histogram serves every model)."""
     out[:] = 0.0
     if scales[c] == 0:
         return
     delta = np.float64(steps[c])
     K = half_width(delta)
-    _, sym, _ = _chunk_symbols(c, y, starts, sizes, scales, steps, dkeys, K,
-                               sizes[c] >> shift)
+    m = sizes[c] >> shift
+    _, sym, _ = _chunk_symbols(c, y[starts[c]:starts[c] + m], scales, steps, dkeys, K, m)
     A = 2 * K + 2
     hist = np.zeros(BINS * A, np.int64)
     esc = 0
@@ -333,16 +334,13 @@ def _encoder_tables(freq, cum, A):
 
 
 @njit(cache=True)
-def _encode_chunk(c, y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off):
-
-    if scales[c] == 0:
-        return 0
-    n = sizes[c]
+def _encode_chunk(c, b, scales, steps, models, dkeys, scratch, end):
+    """rANS-code rotated chunk c (values b) into scratch, its stream ending at ``end``;
+    returns the stream's length in words."""
+    n = b.shape[0]
     K, A, freq, cum = _models(np.float64(steps[c]), models[c])
     xmax, rcp, shf, bias, cmpl = _encoder_tables(freq, cum, A)
-    words, sym, inv = _chunk_symbols(c, y, starts, sizes, scales, steps, dkeys, K, n)
-    b = y[starts[c]:starts[c] + n]
-    end = cap_off[c + 1]
+    words, sym, inv = _chunk_symbols(c, b, scales, steps, dkeys, K, n)
     ptr = end
     x0 = _L
     x1 = _L
@@ -495,7 +493,17 @@ def _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps, mod
 @njit(nogil=True, cache=True)
 def _rotate_range(c0, c1, x, d, starts, sizes, keys, y, out):
     for c in range(c0, c1):
-        out[c] = _rotate_chunk(c, x, d, starts, sizes, keys, y)
+        out[c] = _rotate_chunk(c, x, d, starts, sizes, keys, y[starts[c]:starts[c] + sizes[c]])
+
+
+@njit(nogil=True, cache=True)
+def _sample_range(c0, c1, x, d, starts, sizes, keys, shift, sample, sample_off, out):
+    buf = np.empty(sizes[c0:c1].max(), np.float32)
+    for c in range(c0, c1):
+        b = buf[:sizes[c]]
+        out[c] = _rotate_chunk(c, x, d, starts, sizes, keys, b)
+        m = sizes[c] >> shift[c]
+        sample[sample_off[c]:sample_off[c] + m] = b[:m]
 
 
 @njit(nogil=True, cache=True)
@@ -505,11 +513,33 @@ def _measure_range(c0, c1, y, starts, sizes, scales, steps, dkeys, shift, out):
 
 
 @njit(nogil=True, cache=True)
-def _encode_range(c0, c1, y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off,
-                  counts):
-    for c in range(c0, c1):
-        counts[c] = _encode_chunk(c, y, starts, sizes, scales, steps, models, dkeys, scratch,
-                                  cap_off)
+def _encode_range(c0, c1, base, x, d, starts, sizes, keys, scales, steps, models, dkeys,
+                  scratch, cap_off, counts):
+    """Chunks base + c0 .. base + c1: rotated again (one chunk buffer) and coded, chunk
+    base + i's stream ending at scratch[cap_off[i + 1]]."""
+    buf = np.empty(sizes[base + c0:base + c1].max(), np.float32)
+    for i in range(c0, c1):
+        c = base + i
+        counts[c] = 0
+        if scales[c] == 0:
+            continue
+        b = buf[:sizes[c]]
+        _rotate_chunk(c, x, d, starts, sizes, keys, b)
+        counts[c] = _encode_chunk(c, b, scales, steps, models, dkeys, scratch, cap_off[i + 1])
+
+
+@njit(cache=True)
+def _append(scratch, cap_off, counts, base, words, p):
+    """Append the streams of chunks base .. base + len(cap_off) - 2 (each at the end of its
+    scratch region) to words at p; returns the new p, or -1 if they do not fit."""
+    for i in range(cap_off.shape[0] - 1):
+        k = counts[base + i]
+        if p + k > words.shape[0]:
+            return -1
+        e = cap_off[i + 1]
+        words[p:p + k] = scratch[e - k:e]
+        p += k
+    return p
 
 
 @njit(nogil=True, cache=True)
@@ -539,12 +569,53 @@ def measure(y, starts, sizes, scales, steps, dkeys, shift=None):
     return out
 
 
-def encode_chunks(y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off, counts):
-    """rANS-code each chunk (model ``models[c]``) into scratch[cap_off[c] : cap_off[c + 1]],
-    its stream ending at cap_off[c + 1]; counts[c] = the stream's length in words (0 for
-    zero-scale chunks). Two interleaved states: coordinate i goes to state i % 2."""
-    over_chunks(_encode_range, sizes, y, starts, sizes, scales, steps, models, dkeys, scratch,
-                cap_off, counts)
+def rotate_sample(x, d, starts, sizes, keys, shift):
+    """||H D x_c||^2 per chunk, and the first sizes[c] >> shift[c] rotated coordinates of
+    each chunk, one after another: (norms, sample, sample_starts). Only the sample is kept,
+    chunk by chunk, so a large x costs 1 / 2**shift of its size here."""
+    counts = sizes >> shift
+    sample_off = np.zeros(starts.shape[0], np.int64)
+    np.cumsum(counts[:-1], out=sample_off[1:])
+    sample = np.empty(int(counts.sum()), np.float32)
+    out = np.empty(starts.shape[0], np.float64)
+    over_chunks(_sample_range, sizes, x, d, starts, sizes, keys, shift, sample, sample_off, out)
+    return out, sample, sample_off
+
+
+#: Coordinates coded per batch by ``encode_streams`` (its scratch: ~2.2 bytes each).
+ENCODE_BATCH = 1 << 21
+
+
+def encode_streams(x, d, starts, sizes, keys, scales, steps, models, dkeys, caps, words):
+    """rANS-code every chunk of x (rotated again chunk by chunk; model ``models[c]``) and
+    write the streams one after another into ``words``. caps[c]: the most words chunk c's
+    stream can take. Returns (words of each chunk's stream, words written), the latter -1
+    when ``words`` is too short. Chunks are coded in batches of ~ENCODE_BATCH coordinates
+    (in parallel within a batch), so the scratch is a few MB whatever d. Two interleaved
+    states: coordinate i goes to state i % 2."""
+    C = starts.shape[0]
+    counts = np.zeros(C, np.int64)
+    cut = [0]
+    acc = 0
+    for c in range(C):
+        acc += int(sizes[c])
+        if acc >= ENCODE_BATCH:
+            cut.append(c + 1)
+            acc = 0
+    if cut[-1] != C:
+        cut.append(C)
+    widest = max(int(caps[a:b].sum()) for a, b in pairwise(cut))
+    scratch = np.empty(widest, np.uint32)
+    p = 0
+    for a, b in pairwise(cut):
+        cap_off = np.zeros(b - a + 1, np.int64)
+        np.cumsum(caps[a:b], out=cap_off[1:])
+        over_chunks(_encode_range, sizes[a:b], a, x, d, starts, sizes, keys, scales, steps,
+                    models, dkeys, scratch, cap_off, counts)
+        p = _append(scratch, cap_off, counts, a, words, p)
+        if p < 0:
+            return counts, -1
+    return counts, p
 
 
 def decode_chunks(words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys, weight,
@@ -556,18 +627,6 @@ def decode_chunks(words, word_off, d, starts, sizes, keys, scales, steps, models
     over_chunks(_decode_range, sizes, words, word_off, d, starts, sizes, keys, scales, steps,
                 models, dkeys, float(weight), int(mode), out, err)
     return err
-
-
-@njit(cache=True)
-def gather(scratch, cap_off, counts, out):
-    """Concatenate the chunk streams (each at the end of its scratch region) into out."""
-    p = 0
-    for c in range(counts.shape[0]):
-        k = counts[c]
-        e = cap_off[c + 1]
-        out[p:p + k] = scratch[e - k:e]
-        p += k
-    return p
 
 
 @njit(cache=True)

@@ -23,6 +23,22 @@ from .threads import over_chunks
 _INV53 = 2.0**-53
 
 
+@njit(inline="always", cache=True)
+def _sr_codes(vals, real, g0, lc, st, top, base, codes):
+    """codes[i] = floor((v_i - lc) / st + u_{g0 + i}) clamped to [0, top], v_i = vals[i]
+    for i < real, else 0 (padding)."""
+    inv = 1.0 / st if st > 0 else 0.0
+    for i in range(codes.shape[0]):
+        v = np.float64(vals[i]) if i < real else 0.0
+        u = np.float64(splitmix_nb(base, g0 + i) >> np.uint64(11)) * _INV53
+        q = np.floor((v - lc) * inv + u)
+        if q < 0:
+            q = 0.0
+        elif q > top:
+            q = top
+        codes[i] = np.uint8(q)
+
+
 def sr_quantize(v, d, starts, sizes, lo, step, levels, bits, base, out, code_off):
     """Stochastic rounding onto the grid lo[c] + j * step[c], j = 0..levels[c]-1, packed.
 
@@ -30,7 +46,7 @@ def sr_quantize(v, d, starts, sizes, lo, step, levels, bits, base, out, code_off
     to [0, levels - 1]: E[lo + code * step] = v inside the grid. step[c] = 0 gives code 0.
     """
     over_chunks(_sr_quantize, sizes, v, d, starts, sizes, lo, step, levels, bits, base, out,
-                  code_off)
+                code_off)
 
 
 @njit(nogil=True, cache=True)
@@ -39,80 +55,140 @@ def _sr_quantize(c0, c1, v, d, starts, sizes, lo, step, levels, bits, base, out,
         n = sizes[c]
         s0 = starts[c]
         codes = np.empty(n, np.uint8)
-        lc = lo[c]
-        st = step[c]
-        top = levels[c] - 1
-        inv = 1.0 / st if st > 0 else 0.0
-        for i in range(n):
-            g = s0 + i
-            x = np.float64(v[g]) if g < d else 0.0
-            u = np.float64(splitmix_nb(base, g) >> np.uint64(11)) * _INV53
-            q = np.floor((x - lc) * inv + u)
-            if q < 0:
-                q = 0.0
-            elif q > top:
-                q = top
-            codes[i] = np.uint8(q)
+        real = max(0, min(n, d - s0))
+        _sr_codes(v[s0:s0 + real], real, s0, lo[c], step[c], levels[c] - 1, base, codes)
         K.pack_codes(codes, bits, out, code_off[c])
 
 
+def rotated_extremes(x, d, starts, sizes, keys):
+    """(min, max) float32 of each rotated chunk H D x_c (padding zeros included), chunk by
+    chunk through one buffer (nothing of the size of x is kept)."""
+    lo = np.empty(starts.shape[0], np.float32)
+    hi = np.empty(starts.shape[0], np.float32)
+    over_chunks(_rotated_extremes, sizes, x, d, starts, sizes, keys, lo, hi)
+    return lo, hi
+
+
+@njit(nogil=True, cache=True)
+def _rotated_extremes(c0, c1, x, d, starts, sizes, keys, lo, hi):
+    buf = np.empty(sizes[c0:c1].max(), np.float32)
+    for c in range(c0, c1):
+        n = sizes[c]
+        b = buf[:n]
+        K.rotate_chunk(x, d, starts[c], keys[c], b)
+        lo[c] = b.min()
+        hi[c] = b.max()
+
+
+def rotate_sr_quantize(x, d, starts, sizes, keys, lo, step, levels, bits, base, out,
+                       code_off):
+    """``sr_quantize`` of the rotated chunks H D x_c (each rotated in a chunk buffer:
+    nothing of the size of x is kept); padded coordinate g draws u_g."""
+    over_chunks(_rotate_sr_quantize, sizes, x, d, starts, sizes, keys, lo, step, levels, bits,
+                base, out, code_off)
+
+
+@njit(nogil=True, cache=True)
+def _rotate_sr_quantize(c0, c1, x, d, starts, sizes, keys, lo, step, levels, bits, base, out,
+                        code_off):
+    buf = np.empty(sizes[c0:c1].max(), np.float32)
+    for c in range(c0, c1):
+        n = sizes[c]
+        b = buf[:n]
+        K.rotate_chunk(x, d, starts[c], keys[c], b)
+        codes = np.empty(n, np.uint8)
+        _sr_codes(b, n, starts[c], lo[c], step[c], levels[c] - 1, base, codes)
+        K.pack_codes(codes, bits, out, code_off[c])
+
+
+@njit(inline="always", cache=True)
+def _nearest_codes(buf, t, cent, bits, base, g0, codes):
+    """codes[i] = #{m : t[m] < buf[i]} (a zero on the middle threshold: the code above it
+    with probability 1/2, bit 0 of splitmix(base, g0 + i)); returns <buf, cent[codes]>."""
+    n = buf.shape[0]
+    L = 1 << bits
+    if L <= 16:
+        for m in range(L - 1):
+            tm = t[m]
+            for i in range(n):
+                codes[i] += buf[i] > tm
+    else:  # a bucket table over [t[0], t[L-2]], then an exact walk of a step or two
+        M = 8 * L
+        t0 = np.float64(t[0])
+        width = np.float64(t[L - 2]) - t0
+        inv = M / width if width > 0 else 0.0
+        lut = np.empty(M, np.int64)
+        j = 0
+        for k in range(M):
+            edge = t0 + k / inv if inv > 0 else t0
+            while j < L - 1 and t[j] < edge:
+                j += 1
+            lut[k] = j
+        for i in range(n):
+            v = buf[i]
+            f = (np.float64(v) - t0) * inv
+            k = 0 if f <= 0 else (M - 1 if f >= M - 1 else int(f))
+            j = lut[k]
+            while j < L - 1 and t[j] < v:
+                j += 1
+            while j > 0 and not t[j - 1] < v:
+                j -= 1
+            codes[i] = j
+    acc = 0.0
+    mid = L // 2 - 1
+    for i in range(n):
+        if buf[i] == 0 and codes[i] == mid:
+            codes[i] += np.uint8(splitmix_nb(base, g0 + i) & np.uint64(1))
+        acc += np.float64(buf[i]) * cent[codes[i]]
+    return acc
+
+
 def nearest_quantize(y, starts, sizes, thr, cent, bits, out, code_off, base):
-    """Nearest-centroid codes of the rotated chunks, packed; returns <y_c, cent[code]>.
+    """Nearest-centroid codes of rotated chunks held in y (padded), packed; returns
+    <y_c, cent[code]>.
 
     thr[c] holds the chunk's L - 1 increasing decision thresholds (in y's units); the code
     of y_i is #{m : thr[c, m] < y_i}; cent (float64, L) are the unscaled centroids. For a
     symmetric codebook 0 is the middle threshold, and a coordinate exactly 0 (frequent
     after rotating sparse inputs) gets the code above it with probability 1/2 (the low
-    bit of ``splitmix(base, g)``), so the quantizer stays odd-symmetric in distribution.
+    bit of ``splitmix(base, g)``, g its padded index), so the quantizer stays odd-symmetric
+    in distribution.
     """
     dot = np.empty(starts.shape[0], np.float64)
     over_chunks(_nearest_quantize, sizes, y, starts, sizes, thr, cent, bits, out, code_off,
-                  base, dot)
+                base, dot)
     return dot
 
 
 @njit(nogil=True, cache=True)
 def _nearest_quantize(c0, c1, y, starts, sizes, thr, cent, bits, out, code_off, base, dot):
-    L = 1 << bits
     for c in range(c0, c1):
         n = sizes[c]
-        buf = y[starts[c]:starts[c] + n]
-        t = thr[c]
         codes = np.zeros(n, np.uint8)
-        if L <= 16:
-            for m in range(L - 1):
-                tm = t[m]
-                for i in range(n):
-                    codes[i] += buf[i] > tm
-        else:  # a bucket table over [t[0], t[L-2]], then an exact walk of a step or two
-            M = 8 * L
-            t0 = np.float64(t[0])
-            width = np.float64(t[L - 2]) - t0
-            inv = M / width if width > 0 else 0.0
-            lut = np.empty(M, np.int64)
-            j = 0
-            for k in range(M):
-                edge = t0 + k / inv if inv > 0 else t0
-                while j < L - 1 and t[j] < edge:
-                    j += 1
-                lut[k] = j
-            for i in range(n):
-                v = buf[i]
-                f = (np.float64(v) - t0) * inv
-                k = 0 if f <= 0 else (M - 1 if f >= M - 1 else int(f))
-                j = lut[k]
-                while j < L - 1 and t[j] < v:
-                    j += 1
-                while j > 0 and not t[j - 1] < v:
-                    j -= 1
-                codes[i] = j
-        acc = 0.0
-        mid = L // 2 - 1
-        for i in range(n):
-            if buf[i] == 0 and codes[i] == mid:
-                codes[i] += np.uint8(splitmix_nb(base, starts[c] + i) & np.uint64(1))
-            acc += np.float64(buf[i]) * cent[codes[i]]
-        dot[c] = acc
+        dot[c] = _nearest_codes(y[starts[c]:starts[c] + n], thr[c], cent, bits, base,
+                                starts[c], codes)
+        K.pack_codes(codes, bits, out, code_off[c])
+
+
+def rotate_nearest_quantize(x, d, starts, sizes, keys, thr, cent, bits, out, code_off, base):
+    """``nearest_quantize`` of the rotated chunks H D x_c, each rotated in a chunk buffer
+    (nothing of the size of x is kept)."""
+    dot = np.empty(starts.shape[0], np.float64)
+    over_chunks(_rotate_nearest_quantize, sizes, x, d, starts, sizes, keys, thr, cent, bits,
+                out, code_off, base, dot)
+    return dot
+
+
+@njit(nogil=True, cache=True)
+def _rotate_nearest_quantize(c0, c1, x, d, starts, sizes, keys, thr, cent, bits, out,
+                             code_off, base, dot):
+    buf = np.empty(sizes[c0:c1].max(), np.float32)
+    for c in range(c0, c1):
+        n = sizes[c]
+        b = buf[:n]
+        K.rotate_chunk(x, d, starts[c], keys[c], b)
+        codes = np.zeros(n, np.uint8)
+        dot[c] = _nearest_codes(b, thr[c], cent, bits, base, starts[c], codes)
         K.pack_codes(codes, bits, out, code_off[c])
 
 

@@ -17,13 +17,13 @@ from numba import njit
 from ..rng import splitmix_nb
 from .threads import over_chunks
 
+#: Coordinates of the L1-cache block in which ``fwht`` runs its first levels (16 KB).
+FWHT_BLOCK = 4096
+
 
 @njit(inline="always", cache=True)
-def fwht(a):
-    """In-place unnormalized FWHT of a float32 array of power-of-2 length >= 8.
-
-    A radix-8 pass, then radix-4 passes over contiguous views (which LLVM vectorizes).
-    """
+def _radix8(a):
+    """Levels h = 1, 2, 4 of the FWHT on every group of 8 of a."""
     n = a.shape[0]
     for i in range(0, n, 8):
         a0 = a[i] + a[i + 1]
@@ -50,9 +50,15 @@ def fwht(a):
         a[i + 5] = b1 - b5
         a[i + 6] = b2 - b6
         a[i + 7] = b3 - b7
-    h = 8
-    while h < n:
-        if 4 * h <= n:
+
+
+@njit(inline="always", cache=True)
+def _levels(a, h, stop):
+    """Levels h, 2h, ... < stop (powers of 2) on every block of ``stop`` of a: radix-4
+    passes over contiguous views (which LLVM vectorizes), a radix-2 one for an odd count."""
+    n = a.shape[0]
+    while h < stop:
+        if 4 * h <= stop:
             for i in range(0, n, 4 * h):
                 p0 = a[i:i + h]
                 p1 = a[i + h:i + 2 * h]
@@ -80,39 +86,68 @@ def fwht(a):
 
 
 @njit(inline="always", cache=True)
+def fwht(a):
+    """In-place unnormalized FWHT of a float32 array of power-of-2 length >= 8.
+
+    Levels h = 1, 2, 4, ... in that order, each pair (i, i + h) -> (a + b, a - b): the same
+    additions, so the same bits, as the textbook loop. Levels below ``FWHT_BLOCK`` run
+    block by block while the block is in L1 cache, the rest over the whole array.
+    """
+    n = a.shape[0]
+    block = min(n, FWHT_BLOCK)
+    for base in range(0, n, block):
+        blk = a[base:base + block]
+        _radix8(blk)
+        _levels(blk, 8, block)
+    _levels(a, block, n)
+
+
+@njit(inline="always", cache=True)
+def _sign(word, k):
+    """+1.0 or -1.0 (float32): bit k of the 64-bit sign word (1: negative)."""
+    return np.float32(1.0) - np.float32(2.0) * np.float32((word >> np.uint64(k)) & np.uint64(1))
+
+
+@njit(inline="always", cache=True)
 def load_signed(x, start, real, key, buf):
-    """buf[i] = sign_i * x[start + i] for i < real, 0 beyond (padding)."""
+    """buf[i] = sign_i * x[start + i] for i < real, 0 beyond (padding). Whole 64-bit sign
+    words run without bounds tests (vectorized); x * -1.0 is exactly -x."""
     n = buf.shape[0]
-    for w in range((n + 63) // 64):
+    whole = real // 64
+    for w in range(whole):
         word = splitmix_nb(key, w)
         base = w * 64
         for k in range(64):
+            buf[base + k] = x[start + base + k] * _sign(word, k)
+    for w in range(whole, (n + 63) // 64):
+        word = splitmix_nb(key, w)
+        base = w * 64
+        for k in range(min(64, n - base)):
             i = base + k
-            if i >= n:
-                break
-            v = np.float32(0.0)
-            if i < real:
-                v = x[start + i]
-            if (word >> np.uint64(k)) & np.uint64(1):
-                v = -v
-            buf[i] = v
+            buf[i] = x[start + i] * _sign(word, k) if i < real else np.float32(0.0)
 
 
 @njit(inline="always", cache=True)
 def store_signed(buf, start, real, key, out):
     """out[start + i] = sign_i * buf[i] for i < real (drops padding)."""
-    n = buf.shape[0]
-    for w in range((n + 63) // 64):
+    whole = real // 64
+    for w in range(whole):
         word = splitmix_nb(key, w)
         base = w * 64
         for k in range(64):
-            i = base + k
-            if i >= real:
-                break
-            v = buf[i]
-            if (word >> np.uint64(k)) & np.uint64(1):
-                v = -v
-            out[start + i] = v
+            out[start + base + k] = buf[base + k] * _sign(word, k)
+    if real > whole * 64:
+        word = splitmix_nb(key, whole)
+        base = whole * 64
+        for k in range(real - base):
+            out[start + base + k] = buf[base + k] * _sign(word, k)
+
+
+@njit(inline="always", cache=True)
+def rotate_chunk(x, d, start, key, buf):
+    """buf = H D (x[start:start + len(buf)], zeros beyond d): one chunk, unnormalized."""
+    load_signed(x, start, min(buf.shape[0], d - start), key, buf)
+    fwht(buf)
 
 
 @njit(fastmath={"reassoc", "nsz", "arcp", "contract"}, nogil=True, cache=True)
@@ -172,23 +207,45 @@ def count_below(buf, thr, bits, codes):
 
 
 @njit(inline="always", cache=True)
+def _quantize_pack_bytes(buf, thr, bits, out, off):
+    """quantize_pack for 8 % bits == 0: each output byte's 8 / bits codes are counted and
+    packed in one pass (the width a constant, so the compiler vectorizes it)."""
+    n = buf.shape[0]
+    L = 1 << bits
+    per = 8 // bits
+    t = (thr[0], thr[1 % (L - 1)], thr[2 % (L - 1)])  # in registers (stores to out may
+    # alias thr for the compiler, which would reload it at every coordinate)
+    for p in range(n // per):
+        byte = 0
+        for q in range(per):
+            v = buf[p * per + q]
+            if L == 2:
+                code = int(v > t[0])
+            elif L == 4:
+                code = int(v > t[0]) + int(v > t[1]) + int(v > t[2])
+            else:
+                code = 0
+                for m in range(L - 1):
+                    code += v > thr[m]
+            byte |= code << (q * bits)
+        out[off + p] = np.uint8(byte)
+
+
+@njit(inline="always", cache=True)
 def quantize_pack(buf, thr, bits, out, off):
     """Quantize a chunk against its thresholds and pack the codes at out[off:].
 
     The common widths get their own copy of the loops with the width a constant, which
     the compiler vectorizes (a run-time width is ~8x slower).
     """
-    codes = np.zeros(buf.shape[0], np.uint8)
     if bits == 1:
-        count_below(buf, thr, 1, codes)
-        pack_codes(codes, 1, out, off)
+        _quantize_pack_bytes(buf, thr, 1, out, off)
     elif bits == 2:
-        count_below(buf, thr, 2, codes)
-        pack_codes(codes, 2, out, off)
+        _quantize_pack_bytes(buf, thr, 2, out, off)
     elif bits == 4:
-        count_below(buf, thr, 4, codes)
-        pack_codes(codes, 4, out, off)
+        _quantize_pack_bytes(buf, thr, 4, out, off)
     else:
+        codes = np.zeros(buf.shape[0], np.uint8)
         count_below(buf, thr, bits, codes)
         pack_codes(codes, bits, out, off)
 
@@ -247,28 +304,44 @@ def unpack_lookup(codes, off, table, bits, buf, weight, accumulate):
 
 
 @njit(nogil=True, cache=True)
-def _rotate_quantize(c0, c1, x, d, starts, sizes, keys, thr, bits, out, code_off, clip_s,
-                     corr):
+def _rotate_quantize(c0, c1, x, d, starts, sizes, keys, thr_norm, clip, bits, out, code_off,
+                     norms, corr):
+    L = 1 << bits
+    thr = np.empty(L, np.float32)
+    chunk = np.empty(sizes[c0:c1].max(), np.float32)
     for c in range(c0, c1):
         n = sizes[c]
-        buf = np.empty(n, np.float32)
+        buf = chunk[:n]
         real = min(n, d - starts[c])
         load_signed(x, starts[c], real, keys[c], buf)
+        ss = _dot(buf[:real], buf[:real])  # as chunk_sumsq: (-x)^2 = x^2
+        if not np.isfinite(ss):
+            norms[c] = np.nan
+            continue
+        s = np.float32(np.sqrt(ss))
+        norms[c] = s
+        # thresholds in the domain of the unnormalized FWHT output y' = sqrt(n) y = s z
+        for m in range(L - 1):
+            thr[m] = np.float32(thr_norm[c, m] * np.float64(s))
+        thr[L - 1] = np.inf
         fwht(buf)
-        corr[c] = _clip_dot(buf, np.float64(clip_s[c]))
-        quantize_pack(buf, thr[c], bits, out, code_off[c])
+        corr[c] = _clip_dot(buf, np.float64(clip * s))
+        quantize_pack(buf, thr, bits, out, code_off[c])
 
 
-def rotate_quantize(x, d, starts, sizes, keys, thr, bits, out, code_off, clip_s):
-    """Encode: signs -> FWHT -> per-chunk thresholds -> packed b-bit codes, per chunk.
+def rotate_quantize(x, d, starts, sizes, keys, thr_norm, clip, bits, out, code_off):
+    """Encode: signs -> chunk norm s_c -> FWHT -> thresholds thr_norm[c] * s_c -> packed
+    b-bit codes, per chunk, in one pass over x.
 
-    Returns sum_i y'_i * clamp(y'_i, -clip_s[c], clip_s[c]) per chunk (float64), the
-    expected inner product <y', decoded y'> used for the clip-bias scale correction.
+    Returns (s_c float32, NaN for a chunk holding NaN or Inf; and per chunk in float64
+    sum_i y'_i * clamp(y'_i, -clip s_c, clip s_c), the expected inner product
+    <y', decoded y'> used for the clip-bias scale correction). ``clip``: float32.
     """
-    corr = np.empty(starts.shape[0], np.float64)
-    over_chunks(_rotate_quantize, sizes, x, d, starts, sizes, keys, thr, bits, out,
-                code_off, clip_s, corr)
-    return corr
+    norms = np.empty(starts.shape[0], np.float32)
+    corr = np.zeros(starts.shape[0], np.float64)
+    over_chunks(_rotate_quantize, sizes, x, d, starts, sizes, keys, thr_norm, clip, bits, out,
+                code_off, norms, corr)
+    return norms, corr
 
 
 @njit(nogil=True, cache=True)
@@ -287,16 +360,53 @@ def lookup_rotated(codes, starts, sizes, tables, bits, code_off, weight, acc):
 
 @njit(nogil=True, cache=True)
 def _unrotate(c0, c1, acc, d, starts, sizes, keys, out):
+    buf = np.empty(sizes[c0:c1].max(), np.float32)
     for c in range(c0, c1):
         n = sizes[c]
-        buf = acc[starts[c]:starts[c] + n]
-        fwht(buf)
-        store_signed(buf, starts[c], min(n, d - starts[c]), keys[c], out)
+        b = buf[:n]
+        b[:] = acc[starts[c]:starts[c] + n]
+        fwht(b)
+        store_signed(b, starts[c], min(n, d - starts[c]), keys[c], out)
 
 
 def unrotate(acc, d, starts, sizes, keys, out):
-    """Decode-after-sum: out = D H acc per chunk (acc is overwritten)."""
+    """Decode-after-sum: out[:d] = D H acc per chunk, through a chunk-sized buffer: acc is
+    left as it was, and ``out`` may be acc[:d] itself (each chunk is read before its
+    coordinates are written)."""
     over_chunks(_unrotate, sizes, acc, d, starts, sizes, keys, out)
+
+
+@njit(nogil=True, cache=True)
+def _add_into(c0, c1, acc, part, starts, sizes):
+    for c in range(c0, c1):
+        a = acc[starts[c]:starts[c] + sizes[c]]
+        a += part[starts[c]:starts[c] + sizes[c]]
+
+
+def add_into(acc, part, starts, sizes):
+    """acc += part (float32, padded), chunk ranges in parallel: the same additions as
+    numpy's ``acc += part``."""
+    over_chunks(_add_into, sizes, acc, part, starts, sizes)
+
+
+@njit(nogil=True, cache=True)
+def _finish(c0, c1, total, w, out):
+    for i in range(c0, c1):
+        out[i] = np.float32(np.float64(total[i]) / w)
+
+
+def finish(total, w, out):
+    """out[i] = float32(float64(total[i]) / w) (total float32 or float64; out may be
+    total itself), in parallel ranges of about 2**16 coordinates."""
+    n = total.shape[0]
+    bounds = np.arange(0, n + (1 << 16), 1 << 16).clip(max=n)
+    sizes = np.diff(bounds)
+    over_chunks(_finish_ranges, sizes, bounds, total, np.float64(w), out)
+
+
+@njit(nogil=True, cache=True)
+def _finish_ranges(c0, c1, bounds, total, w, out):
+    _finish(bounds[c0], bounds[c1], total, w, out)
 
 
 @njit(nogil=True, cache=True)
@@ -319,9 +429,7 @@ def dequantize_unrotate(codes, d, starts, sizes, keys, tables, bits, code_off, o
 def _rotate(c0, c1, x, d, starts, sizes, keys, out):
     for c in range(c0, c1):
         n = sizes[c]
-        seg = out[starts[c]:starts[c] + n]
-        load_signed(x, starts[c], min(n, d - starts[c]), keys[c], seg)
-        fwht(seg)
+        rotate_chunk(x, d, starts[c], keys[c], out[starts[c]:starts[c] + n])
 
 
 def rotate(x, d, starts, sizes, keys, out):

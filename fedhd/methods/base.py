@@ -29,8 +29,18 @@ from ..layout import Layout, make_layout
 from ..wire import HEADER_BYTES, Header, check_payload, read_header, seal, write_header
 from .ids import METHOD_IDS
 
-__all__ = ["MAX_DECODED", "Contribution", "Method", "check_encodable", "check_magnitude",
-           "finite_chunk_sumsq", "norm_of_chunk_fields", "rotated_norm", "round_up_f32"]
+__all__ = [
+    "MAX_DECODED",
+    "Contribution",
+    "Method",
+    "blob_buffer",
+    "check_encodable",
+    "check_magnitude",
+    "finite_chunk_sumsq",
+    "norm_of_chunk_fields",
+    "rotated_norm",
+    "round_up_f32",
+]
 
 #: Largest magnitude a decoded coordinate may have: 2**31 coordinates of it still sum to a
 #: finite float32 (2**127 < 3.4e38). Decoders refuse fields that imply more.
@@ -120,8 +130,9 @@ class Method:
         return HEADER_BYTES + self.payload_size(h, layout)
 
     def encode_payload(self, x: Any, h: Header, layout: Layout,
-                       be: Backend) -> bytes | np.ndarray:
-        """The payload bytes of x (a float32 vector of ``be``)."""
+                       be: Backend) -> bytes | bytearray | np.ndarray:
+        """The payload bytes of x (a float32 vector of ``be``); or the whole blob buffer
+        of ``blob_buffer``, payload written, which ``encode`` then seals in place."""
         raise NotImplementedError
 
     def decode_payload(self, payload: memoryview, h: Header, layout: Layout, out: Any,
@@ -148,9 +159,13 @@ class Method:
             raise TypeError(f"{self.name} takes no encoder context")
         layout = make_layout(h.d, h.log2_chunk)
         payload = self.encode_payload(x, h, layout, be)
-        buf = bytearray(HEADER_BYTES + len(payload))
+        if isinstance(payload, bytearray):  # from blob_buffer: the header's room is there
+            buf = payload
+        else:
+            buf = bytearray(HEADER_BYTES + len(payload))
+            np.frombuffer(buf, np.uint8)[HEADER_BYTES:] = np.frombuffer(payload, np.uint8)
+        del payload  # peak: two blobs (the buffer and the sealed bytes), not three
         write_header(buf, h)
-        np.frombuffer(buf, np.uint8)[HEADER_BYTES:] = np.frombuffer(payload, np.uint8)
         return seal(buf)
 
     def open(self, blob: memoryview) -> tuple[Header, Layout, memoryview]:
@@ -165,6 +180,14 @@ class Method:
         layout = make_layout(h.d, h.log2_chunk)
         payload = check_payload(blob, self.expected_size(blob, h, layout))
         return h, layout, payload
+
+
+def blob_buffer(payload_bytes: int) -> tuple[bytearray, np.ndarray]:
+    """(a blob's buffer: HEADER_BYTES of room, then the payload; the payload part as a
+    uint8 array to write into). An ``encode_payload`` that fills the array and returns the
+    bytearray saves ``Method.encode`` a copy of the payload."""
+    raw = bytearray(HEADER_BYTES + payload_bytes)
+    return raw, np.frombuffer(raw, np.uint8)[HEADER_BYTES:]
 
 
 def rotated_norm(acc: np.ndarray, layout: Layout) -> float:

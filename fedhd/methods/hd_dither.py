@@ -15,7 +15,7 @@ from .. import rng
 from ..errors import DecodeError
 from ..grid import KAPPA_WEIGHT, grid
 from ..layout import Layout, code_offsets
-from .base import norm_of_chunk_fields
+from .base import blob_buffer, norm_of_chunk_fields
 from .rotated import RotatedTableMethod
 
 
@@ -35,7 +35,7 @@ class HDDither(RotatedTableMethod):
         C = layout.chunks
         g = grid(b)
         thr_norm = g.thresholds(rng.dithers(h.dither_seed, C))  # (C, 2**b - 1) float64
-        out = np.empty(self.payload_size(h, layout), np.uint8)
+        raw, out = blob_buffer(self.payload_size(h, layout))
         s, sum_yc = be.rotate_quantize(x, layout, rng.sign_keys(h.seed, C), thr_norm, g.clip,
                                        b, code_offsets(layout, b, 4 * C), out)
         nss = layout.sizes * s.astype(np.float64) ** 2  # ||y'||^2 = n ||x_c||^2
@@ -43,7 +43,7 @@ class HDDither(RotatedTableMethod):
         kappa = 1.0 + KAPPA_WEIGHT[b] * (kappa - 1.0)
         out[: 4 * C] = (s * kappa).astype("<f4").view(np.uint8)
         self.check_encodable(out, h, layout)
-        return out
+        return raw
 
     def make_tables(self, payload, h, layout):
         C = layout.chunks

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 import time
 from functools import lru_cache
 from typing import Any
@@ -71,16 +72,16 @@ import numpy as np
 from .. import rng
 from ..errors import DecodeError
 from ..kernels import rans as E
+from ..kernels.transform_pack import add_into
 from ..layout import Layout
 from ..wire import HEADER_BYTES, Header
-from .base import Contribution, Method, norm_of_chunk_fields, rotated_norm
+from .base import Contribution, Method, blob_buffer, norm_of_chunk_fields, rotated_norm
 
 MODEL_ID = 1
 RESERVED_OFF = HEADER_BYTES + 1  # 4 reserved zero bytes: they align the tables to 4 bytes
 TABLE_OFF = RESERVED_OFF + 4  # blob offset of the chunk tables
 assert TABLE_OFF % 4 == 0, "the chunk tables must start on a 4-byte boundary of the blob"
 _P = TABLE_OFF - HEADER_BYTES  # payload offset of the chunk tables
-_LEAD = -_P % 4  # bytes before the payload in the encoder's buffer: its word area 4-aligned
 COORDS_PER_MIN_WORD = 256  # the word area holds at least ceil(padded / 256) words
 MAG_LIMIT = 2.0**100  # decoded rotated values stay below this (float32 max is 2**128)
 SLACK = 0.03  # bits a coordinate the blob may exceed R by (d >= 2**16; see ``encode_payload``)
@@ -170,11 +171,12 @@ class _Allocation:
 
 class ECContribution(Contribution):
     """A validated hd-dither-ec blob; its streams are decoded (and checked) in ``add_to``,
-    into a temporary, before the sum is touched."""
+    into a scratch vector, before the sum is touched."""
 
     def __init__(self, method: HDDitherEC, payload: memoryview, h: Header, layout: Layout):
-        self.method, self.payload, self.h, self.layout = method, payload, h, layout
-        scales, steps, *_ = method._parse(payload, layout)
+        self.method, self.h, self.layout = method, h, layout
+        self.parts = method._parse(payload, layout)
+        scales, steps = self.parts[0], self.parts[1]
         n = layout.sizes.astype(np.float64)
         st = steps.astype(np.float64)
         # |(q + u) s delta / n| <= s delta (qmax + 1) / n for every decoded value
@@ -183,14 +185,32 @@ class ECContribution(Contribution):
         self._unit: np.ndarray | None = None  # the rotated decode at weight 1, once needed
 
     def norm(self):
-        self._unit = self.method.decode_rotated(self.payload, self.h, self.layout, 1.0)
+        self._unit = self.method._run(self.parts, self.h, self.layout, 1.0, 1,
+                                      np.empty(self.layout.padded, np.float32))
         return rotated_norm(self._unit, self.layout)
 
     def add_to(self, acc, weight, be):
+        lay = self.layout
         if self._unit is not None:
             acc += np.float32(weight) * self._unit
-        else:  # the weight folded into the decode: one rounding
-            acc += self.method.decode_rotated(self.payload, self.h, self.layout, weight)
+            return
+        # the weight folded into the decode (one rounding); every chunk decodes and checks
+        # out before acc is touched. The scratch is kept per thread: a round's blobs
+        # reuse it instead of faulting in a new vector each.
+        part = _scratch(lay.padded)
+        self.method._run(self.parts, self.h, lay, weight, 1, part)
+        add_into(acc, part, lay.starts, lay.sizes)
+
+
+_local = threading.local()
+
+
+def _scratch(n: int) -> np.ndarray:
+    """A float32 vector of n coordinates, reused by later calls on this thread."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.shape[0] != n:
+        buf = _local.buf = np.empty(n, np.float32)
+    return buf
 
 
 class HDDitherEC(Method):
@@ -211,8 +231,13 @@ class HDDitherEC(Method):
         t0 = time.perf_counter()
         C, d, padded = layout.chunks, h.d, layout.padded
         sizes, starts = layout.sizes, layout.starts
-        y = np.empty(padded, np.float32)
-        ss = E.rotate_norms(x, d, starts, sizes, rng.sign_keys(h.seed, C), y)
+        keys = rng.sign_keys(h.seed, C)
+        # large inputs: the controller estimates each big chunk from its first eighth (the
+        # rotation makes every part of a chunk alike; the error on the total is ~1e-4
+        # relative at d = 2**24), so only that eighth of the rotation is kept
+        big = padded >= SAMPLE_ABOVE
+        shift = np.where(big & (sizes >= 1 << 13), 3, 0).astype(np.int64)
+        ss, sample, sample_off = E.rotate_sample(x, d, starts, sizes, keys, shift)
         if not np.isfinite(ss).all():
             raise ValueError("x contains NaN or Inf (or values so large that the float32 "
                              "rotation overflows)")
@@ -229,22 +254,30 @@ class HDDitherEC(Method):
         alloc = _Allocation(scales, sizes)
         # the steps depend on x and the rotation only, never on the dither: exactly unbiased
         pilot = rng.pilot_keys(h.seed, C)
-        theta, steps, models, iters = self._control(y, layout, scales, alloc, pilot, budget)
+        theta, steps, models, iters = self._control(sample, sample_off, shift, layout, scales,
+                                                    alloc, pilot, budget)
+        del sample
         t2 = time.perf_counter()
 
+        # the streams go straight into the blob's word area (4-byte aligned in the blob),
+        # sized for the cap; the buffer is cut to the streams' length at the end
         dkeys = rng.coordinate_dither_keys(h.dither_seed, C)
         caps = np.where(scales > 0, _stream_caps(sizes), 0)
-        cap_off = np.zeros(C + 1, np.int64)
-        np.cumsum(caps, out=cap_off[1:])
-        scratch = np.empty(int(cap_off[-1]), np.uint32)
-        counts = np.zeros(C, np.int64)
+        T = table_bytes(C)
+        room = max(int((cap - fixed_bits) // 32), min_words(padded))
         fallbacks = 0
         while True:
-            E.encode_chunks(y, starts, sizes, scales, steps, models, dkeys, scratch, cap_off,
-                            counts)
-            nw = max(int(counts.sum()), min_words(padded))
-            if fixed_bits + 32 * nw <= cap or theta >= alloc.theta_hi or fallbacks >= 20:
+            raw, payload = blob_buffer(_P + T + 4 * room)
+            words = payload[_P + T:].view(np.uint32)
+            counts, nw = E.encode_streams(x, d, starts, sizes, keys, scales, steps, models,
+                                          dkeys, caps, words)
+            if nw >= 0 and fixed_bits + 32 * max(nw, min_words(padded)) <= cap:
                 break
+            if theta >= alloc.theta_hi or fallbacks >= 20:
+                if nw >= 0:
+                    break  # the coarsest steps tried: sent whatever they cost
+                room = max(int(caps.sum()), min_words(padded))  # room for any stream
+                continue
             # astronomically rare for d >= 2**16 (the dither's code length exceeds the
             # pilot's by > 0.03 bits a coordinate): coarser steps, whatever the cost
             fallbacks += 1
@@ -252,45 +285,41 @@ class HDDitherEC(Method):
             steps = alloc.steps(theta)  # (the models stay those the pilot chose)
         t3 = time.perf_counter()
 
-        # _LEAD bytes in front put the word area on a 4-byte boundary: gather writes in place
-        T = table_bytes(C)
-        buf = np.zeros(_LEAD + _P + T + 4 * nw, np.uint8)
-        out = buf[_LEAD:]
+        nw = max(nw, min_words(padded))
+        out = payload[:_P + T + 4 * nw]
         out[0] = MODEL_ID
         out[_P:_P + 4 * C] = scales.astype("<f4").view(np.uint8)
         out[_P + 4 * C:_P + 8 * C] = steps.astype("<f4").view(np.uint8)
         out[_P + 8 * C:_P + 12 * C] = counts.astype("<u4").view(np.uint8)
         out[_P + 12 * C:_P + 13 * C] = models
-        words = buf[_LEAD + _P + T:].view(np.uint32)
-        E.gather(scratch, cap_off, counts, words)
         if not np.little_endian:  # pragma: no cover - the wire is little-endian
-            words.byteswap(inplace=True)
+            words[:nw].byteswap(inplace=True)
+        size = HEADER_BYTES + out.size
+        del out, payload, words  # (views of raw: it cannot shrink while they exist)
+        del raw[size:]
         t4 = time.perf_counter()
         self.stats = {
             "rotate_s": t1 - t0, "control_s": t2 - t1, "code_s": t3 - t2, "pack_s": t4 - t3,
             "iterations": iters, "fallbacks": fallbacks,
-            "blob_bits": 8 * (HEADER_BYTES + out.size), "target_bits": fixed_bits + budget,
+            "blob_bits": 8 * size, "target_bits": fixed_bits + budget,
         }
-        return out
+        return raw
 
-    def _control(self, y: np.ndarray, layout: Layout, scales: np.ndarray, alloc: _Allocation,
-                 pilot: np.ndarray, budget: float) -> tuple[float, np.ndarray, np.ndarray, int]:
+    def _control(self, sample: np.ndarray, sample_off: np.ndarray, shift: np.ndarray,
+                 layout: Layout, scales: np.ndarray, alloc: _Allocation, pilot: np.ndarray,
+                 budget: float) -> tuple[float, np.ndarray, np.ndarray, int]:
         """(theta, steps, models, iterations): steps whose code length, measured with the
         pilot dithers under the cheaper model of each chunk, lies within ~0.2% below
-        ``budget`` bits (or the finest steps, if even they fit)."""
+        ``budget`` bits (or the finest steps, if even they fit). ``sample``: the first
+        sizes[c] >> shift[c] rotated coordinates of each chunk c, at sample_off[c]."""
         C = layout.chunks
         if not alloc.active.any():
             return alloc.theta_hi, np.zeros(C, np.float32), np.zeros(C, np.uint8), 0
         flush = _FLUSH_BITS * int(alloc.active.sum())
 
-        # large inputs: estimate each big chunk from its first eighth (the rotation makes every
-        # part of a chunk alike; the error on the total is ~1e-4 relative at d = 2**24)
-        big = layout.padded >= SAMPLE_ABOVE
-        shift = np.where(big & (layout.sizes >= 1 << 13), 3, 0).astype(np.int64)
-
         def measured(theta: float) -> tuple[np.ndarray, np.ndarray, float]:
             steps = alloc.steps(theta)
-            bits = E.measure(y, layout.starts, layout.sizes, scales, steps, pilot, shift)
+            bits = E.measure(sample, sample_off, layout.sizes, scales, steps, pilot, shift)
             models = np.argmin(bits, axis=1).astype(np.uint8)
             return steps, models, float(bits.min(axis=1).sum()) + flush
 
@@ -379,9 +408,11 @@ class HDDitherEC(Method):
         np.cumsum(counts, out=off[1:])
         return scales, steps, models, off, words
 
-    def _run(self, payload: memoryview, h: Header, layout: Layout, weight: float, mode: int,
-             out: np.ndarray) -> None:
-        scales, steps, models, off, words = self._parse(payload, layout)
+    def _run(self, parts: tuple[np.ndarray, ...], h: Header, layout: Layout, weight: float,
+             mode: int, out: np.ndarray) -> np.ndarray:
+        """Decode the blob whose ``_parse`` is ``parts`` into out (mode 0: the vector;
+        mode 1: weight * its rotated chunks); returns out. DecodeError for a bad stream."""
+        scales, steps, models, off, words = parts
         C = layout.chunks
         err = E.decode_chunks(
             words, off, h.d, layout.starts, layout.sizes, rng.sign_keys(h.seed, C), scales,
@@ -391,20 +422,20 @@ class HDDitherEC(Method):
         if bad.size:
             c = int(bad[0])
             raise DecodeError(f"chunk {c}: {_ERRORS.get(int(err[c]), 'corrupt stream')}")
+        return out
 
     # -- decoder ---------------------------------------------------------------------------
     def decode_payload(self, payload, h, layout, out, be):
         t0 = time.perf_counter()
-        self._run(payload, h, layout, 1.0, 0, out)
+        self._run(self._parse(payload, layout), h, layout, 1.0, 0, out)
         self.stats["decode_s"] = time.perf_counter() - t0
 
     def decode_rotated(self, payload: memoryview, h: Header, layout: Layout,
                        weight: float = 1.0) -> np.ndarray:
         """weight * the decoded rotated chunks (length ``layout.padded``), scaled so that
         ``Backend.unrotate`` of it is weight * the decoded vector."""
-        tmp = np.empty(layout.padded, np.float32)
-        self._run(payload, h, layout, weight, 1, tmp)
-        return tmp
+        return self._run(self._parse(payload, layout), h, layout, weight, 1,
+                         np.empty(layout.padded, np.float32))
 
     def rotated_contribution(self, payload, h, layout):
         return ECContribution(self, payload, h, layout)

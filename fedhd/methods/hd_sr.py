@@ -19,9 +19,8 @@ import numpy as np
 from .. import rng
 from ..errors import DecodeError
 from ..kernels import rounding as R
-from ..kernels import transform_pack as K
 from ..layout import Layout, code_offsets
-from .base import finite_chunk_sumsq, round_up_f32
+from .base import blob_buffer, finite_chunk_sumsq, round_up_f32
 from .rotated import RotatedTableMethod
 
 
@@ -38,10 +37,10 @@ class HDSR(RotatedTableMethod):
         C = layout.chunks
         L = 1 << b
         finite_chunk_sumsq(x, layout)
-        y = np.empty(layout.padded, np.float32)
-        K.rotate(x, h.d, layout.starts, layout.sizes, rng.sign_keys(h.seed, C), y)
-        ymin = np.minimum.reduceat(y, layout.starts).astype(np.float64)
-        ymax = np.maximum.reduceat(y, layout.starts).astype(np.float64)
+        keys = rng.sign_keys(h.seed, C)
+        # two passes, each rotating chunk by chunk: the extremes, then the codes
+        ymin, ymax = (v.astype(np.float64) for v in
+                      R.rotated_extremes(x, h.d, layout.starts, layout.sizes, keys))
         if not (np.isfinite(ymin).all() and np.isfinite(ymax).all()):
             raise ValueError("x is too large: its rotation overflows float32")
         lo = -round_up_f32(-ymin)  # float32 <= min
@@ -49,15 +48,15 @@ class HDSR(RotatedTableMethod):
         step = round_up_f32((ymax - lo64) / (L - 1))
         short = lo64 + (L - 1) * step.astype(np.float64) < ymax  # rounding: cover the max
         step[short] = np.nextafter(step[short], np.float32(np.inf))
-        out = np.empty(self.payload_size(h, layout), np.uint8)
+        raw, out = blob_buffer(self.payload_size(h, layout))
         out[: 8 * C] = np.stack([lo, step], axis=1).astype("<f4").reshape(-1).view(np.uint8)
-        R.sr_quantize(
-            y, layout.padded, layout.starts, layout.sizes, lo64, step.astype(np.float64),
+        R.rotate_sr_quantize(
+            x, h.d, layout.starts, layout.sizes, keys, lo64, step.astype(np.float64),
             np.full(C, L, np.int64), b, rng.rounding_key(h.dither_seed), out,
             code_offsets(layout, b, 8 * C),
         )
         self.check_encodable(out, h, layout)
-        return out
+        return raw
 
     def make_tables(self, payload, h, layout):
         C = layout.chunks

@@ -24,6 +24,7 @@ from ..layout import Layout, code_offsets
 from ..wire import Header
 from .base import (
     Method,
+    blob_buffer,
     check_encodable,
     check_magnitude,
     finite_chunk_sumsq,
@@ -60,13 +61,13 @@ class QSGD(Method):
         check_encodable(norm, self.name)
         used, s = levels_of(b)
         n64 = norm.astype(np.float64)
-        out = np.empty(self.payload_size(h, layout), np.uint8)
+        raw, out = blob_buffer(self.payload_size(h, layout))
         out[: 4 * C] = norm.astype("<f4").view(np.uint8)
         R.sr_quantize(
             x, h.d, layout.starts, layout.sizes, -n64, n64 / s, np.full(C, used, np.int64), b,
             rng.rounding_key(h.dither_seed), out, code_offsets(layout, b, 4 * C),
         )
-        return out
+        return raw
 
     def decode_payload(self, payload, h, layout, out, be):
         b = int(h.bits)

@@ -24,11 +24,10 @@ from ..backend import CPU, Backend
 from ..backend.cpu import finite_chunk_sumsq
 from ..errors import DecodeError
 from ..kernels import rounding as R
-from ..kernels import transform_pack as K
 from ..layout import Layout, code_offsets
 from ..lloyd_max import codebook
 from ..wire import Header
-from .base import MAX_DECODED, Contribution, Method, rotated_norm
+from .base import MAX_DECODED, Contribution, Method, blob_buffer, rotated_norm
 
 
 class TableContribution(Contribution):
@@ -136,20 +135,19 @@ class RotatedCodebook(RotatedTableMethod):
         C = layout.chunks
         ss = finite_chunk_sumsq(x, layout)
         sigma = np.sqrt(ss)
-        y = np.empty(layout.padded, np.float32)
-        K.rotate(x, h.d, layout.starts, layout.sizes, rng.sign_keys(h.seed, C), y)
         cent, thr = self.codebook(b)
         thr_c = (sigma[:, None] * thr[None, :]).astype(np.float32)
-        out = np.empty(self.payload_size(h, layout), np.uint8)
-        dot = R.nearest_quantize(y, layout.starts, layout.sizes, thr_c, cent, b, out,
-                                 code_offsets(layout, b, 4 * C),
-                                 rng.rounding_key(h.dither_seed))
+        raw, out = blob_buffer(self.payload_size(h, layout))
+        dot = R.rotate_nearest_quantize(x, h.d, layout.starts, layout.sizes,
+                                        rng.sign_keys(h.seed, C), thr_c, cent, b, out,
+                                        code_offsets(layout, b, 4 * C),
+                                        rng.rounding_key(h.dither_seed))
         A = self.scale(layout.sizes * ss, dot, sigma).astype(np.float32)
         if not (np.isfinite(dot).all() and np.isfinite(A).all()):
             raise ValueError("x is too large: its rotation overflows float32")
         out[: 4 * C] = A.astype("<f4").view(np.uint8)
         self.check_encodable(out, h, layout)
-        return out
+        return raw
 
     def make_tables(self, payload, h, layout):
         A = np.frombuffer(payload, dtype="<f4", count=layout.chunks).astype(np.float64)

@@ -31,7 +31,7 @@ from ..kernels import rounding as R
 from ..layout import Layout, code_offsets
 from ..rng import splitmix_nb
 from ..wire import Header
-from .base import MAX_DECODED, Method
+from .base import MAX_DECODED, Method, blob_buffer
 
 
 @njit(nogil=True, cache=True)
@@ -88,10 +88,10 @@ class ScaledSign(Method):
         if not (s.astype(np.float64) <= MAX_DECODED).all():
             raise ValueError(f"x is too large for {self.name}: a chunk scale exceeds "
                              f"{MAX_DECODED:.3g}")
-        out = np.empty(self.payload_size(h, layout), np.uint8)
+        raw, out = blob_buffer(self.payload_size(h, layout))
         out[: 4 * C] = s.astype("<f4").view(np.uint8)
         _sign_bits(x, h.d, layout.padded, rng.rounding_key(h.dither_seed), out, 4 * C)
-        return out
+        return raw
 
     def _scales(self, payload: memoryview, layout: Layout) -> np.ndarray:
         s = np.frombuffer(payload, "<f4", layout.chunks).astype(np.float64)
