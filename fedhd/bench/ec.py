@@ -14,6 +14,11 @@ Times encode and decode of a Gaussian float32 vector (best of ``--repeats``) and
 
 ``--constriction`` also codes the same symbols under the same model with constriction's ANS
 coder (one Categorical per chunk and dither bin) and reports its bits and time against ours.
+
+``--server-clients N`` (with ``--server-d``) also times a server round: ``fedhd.Aggregator``
+adding N blobs (decode-after-sum, one inverse transform) and ``mean(release=True)``,
+against a numpy weighted mean of the same N float32 vectors (``acc += w_k x_k`` in float32,
+then ``acc /= sum w``), in the same run.
 """
 
 from __future__ import annotations
@@ -96,6 +101,34 @@ def _constriction(x: np.ndarray, blob: bytes, chunks: int) -> None:
           f"decode {1e9 * their_dec / n_sym:.1f} ns/symbol")
 
 
+def server_round(clients: int, d: int, bits: float, repeats: int) -> tuple[float, float]:
+    """(Aggregator round seconds, numpy weighted mean seconds), best of ``repeats``."""
+    from ..aggregate import Aggregator
+    from ..api import Codec
+
+    g = np.random.default_rng(3)
+    xs = [g.standard_normal(d).astype(np.float32) for _ in range(clients)]
+    weights = [float(100 + k) for k in range(clients)]
+    codec = Codec("hd-dither-ec", bits)
+    blobs = [codec.encode(x, seed=1, dither_seed=10 + k) for k, x in enumerate(xs)]
+
+    def fedhd_round() -> None:
+        agg = Aggregator(d, seed=1)
+        for b, w in zip(blobs, weights, strict=True):
+            agg.add(b, w)
+        agg.mean(release=True)
+
+    def numpy_mean() -> None:
+        acc = np.zeros(d, np.float32)
+        for x, w in zip(xs, weights, strict=True):
+            acc += np.float32(w) * x
+        acc /= np.float32(sum(weights))
+
+    t_fedhd, _ = _best(fedhd_round, repeats)
+    t_numpy, _ = _best(numpy_mean, repeats)
+    return t_fedhd, t_numpy
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0 when both ratios are within ``--limit``, else 1."""
     import numba
@@ -113,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=float, default=40.0, help="allowed ratio to the copy")
     p.add_argument("--constriction", action="store_true",
                    help="also code the same symbols with constriction (first 16 chunks)")
+    p.add_argument("--server-clients", type=int, default=0,
+                   help="also time a server round of this many blobs against numpy")
+    p.add_argument("--server-d", type=int, default=10_000_000)
     a = p.parse_args(argv)
     d = 1 << a.log2_d
     x = np.random.default_rng(0).standard_normal(d).astype(np.float32)
@@ -160,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
           f"(coding + rate control), decode {100 * min(t_rot / t_dec, 1.0):.0f}%")
     if a.constriction:
         _constriction(x, blob, 16)
+    if a.server_clients:
+        t_agg, t_np = server_round(a.server_clients, a.server_d, a.bits, a.repeats)
+        print(f"server round, {a.server_clients} clients x d = {a.server_d:,}: Aggregator "
+              f"(decode-after-sum) {1e3 * t_agg:.0f} ms, numpy weighted mean of the float32 "
+              f"vectors {1e3 * t_np:.0f} ms: {t_agg / t_np:.2f}x")
     ok = t_enc / t_copy <= a.limit and t_dec / t_copy <= a.limit
     print("PASS" if ok else f"FAIL: a ratio exceeds {a.limit}")
     return 0 if ok else 1

@@ -49,7 +49,12 @@ def _peak_added(fn) -> tuple[object, float, float]:
 def measure(method: str, bits: float, d: int, op: str, clients: int) -> dict[str, object]:
     """One measurement, in this process (``main`` runs each in a fresh one)."""
     import fedhd
+    from fedhd.methods import get
 
+    try:
+        bits = get(method).check_bits(bits)
+    except ValueError:  # e.g. drive: 1 bit only
+        bits = get(method).default_bits
     codec = fedhd.Codec(method, bits)
     small = np.random.default_rng(1).standard_normal(4096).astype(np.float32)
     fedhd.decode(codec.encode(small, seed=1))  # compile the kernels outside the measurement
@@ -98,17 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(a.methods[0], a.bits, a.d, a.ops[0], a.clients)))
         return 0
     rows = []
-    print(f"{'method':<14}{'op':<11}{'d':>11}{'added MB':>10}{'% of input':>11}"
+    print(f"{'method':<14}{'bits':>5} {'op':<11}{'d':>11}{'added MB':>10}{'% of input':>11}"
           f"{'ms':>9}{'x copy':>8}")
     for method in a.methods:
         for op in a.ops:
             out = subprocess.run(
                 [sys.executable, "-m", "fedhd", "bench", "memory", "--one", "--methods", method,
                  "--bits", str(a.bits), "--d", str(a.d), "--ops", op,
-                 "--clients", str(a.clients)], capture_output=True, text=True, check=True)
+                 "--clients", str(a.clients)], capture_output=True, text=True)
+            if out.returncode:
+                raise RuntimeError(f"{method} {op}: {out.stderr.strip()}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(r)
-            print(f"{method:<14}{op:<11}{a.d:>11}{r['added_mb']:>10.1f}"
+            print(f"{method:<14}{r['bits']:>5g} {op:<11}{a.d:>11}{r['added_mb']:>10.1f}"
                   f"{r['added_pct_of_input']:>10.1f}%{1e3 * r['seconds']:>9.0f}"
                   f"{r['over_copy']:>8.1f}", flush=True)
     if a.json:
