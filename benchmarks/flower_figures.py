@@ -25,7 +25,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from strategies import CompressedFedAvg, message_wire_bytes
 from strategies import constants as C
-from strategies.mod import is_train
+from strategies.mod_support import is_train
 
 from .digits_task import centralized_evaluate, init_arrays, make_client_app
 from .localgrid import LocalGrid

@@ -44,13 +44,12 @@ nothing else.
 
 from __future__ import annotations
 
-from logging import DEBUG, ERROR
+from logging import DEBUG
 from typing import cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.constant import ErrorCode, SType
 from flwr.supercore import log
 
 from fedhd.rng import client_dither_seed
@@ -58,21 +57,10 @@ from fedhd.rng import client_dither_seed
 from . import constants as C
 from .downlink import OutOfSync, find_downlink_record, receive
 from .error_feedback import encode_update
+from .mod_support import error_reply, is_evaluate, is_train, numpy_array
 from .settings import PreconditionError, Settings, find_settings_record, is_exact
 
 _MOD = "compression_mod"
-
-
-def is_train(msg: Message) -> bool:
-    """Whether ``msg`` is a train message (``train`` or ``train.<action>``)."""
-    message_type = msg.metadata.message_type
-    return message_type == "train" or message_type.startswith("train.")
-
-
-def is_evaluate(msg: Message) -> bool:
-    """Whether ``msg`` is an evaluate message (``evaluate`` or ``evaluate.<action>``)."""
-    message_type = msg.metadata.message_type
-    return message_type == "evaluate" or message_type.startswith("evaluate.")
 
 
 def rebuild_model(msg: Message, down: ConfigRecord, context: Context) -> ConfigRecord:
@@ -98,21 +86,8 @@ def node_dither_seed(round_seed: int, msg: Message, context: Context) -> int:
     return client_dither_seed(round_seed, msg.metadata.dst_node_id, pid)
 
 
-def _error_reply(msg: Message, reason: str) -> Message:
-    log(ERROR, "%s: %s", _MOD, reason)
-    return Message(
-        Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=f"{_MOD}: {reason}"),
-        reply_to=msg,
-    )
-
-
 def _numpy(array: Array, key: str, where: str) -> np.ndarray:
-    if array.stype != SType.NUMPY:
-        raise PreconditionError(
-            f"array '{key}' of the {where} has stype {array.stype!r}; "
-            f"only {SType.NUMPY!r} arrays can be compressed"
-        )
-    return array.numpy()
+    return numpy_array(array, key, where, PreconditionError, "compressed")
 
 
 def compress_arrays(
@@ -195,7 +170,7 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     try:  # the compressed downlink: rebuild the full model first
         ack = rebuild_model(msg, down, context)
     except OutOfSync as e:
-        return _error_reply(msg, f"{C.DOWN_OUT_OF_SYNC}: {e}")
+        return error_reply(msg, _MOD, f"{C.DOWN_OUT_OF_SYNC}: {e}")
     reply = _uplink(msg, context, call_next) if is_train(msg) else call_next(msg, context)
     if reply.has_content():  # tell the server which model this node now holds
         reply.content[C.DOWN_ACK_RECORD] = ack
@@ -210,10 +185,10 @@ def _uplink(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
     try:
         settings = Settings.from_config(settings_record)
     except PreconditionError as e:
-        return _error_reply(msg, str(e))
+        return error_reply(msg, _MOD, str(e))
     if len(msg.content.array_records) != 1:
-        return _error_reply(
-            msg, f"expects exactly one ArrayRecord in the train message, found "
+        return error_reply(
+            msg, _MOD, f"expects exactly one ArrayRecord in the train message, found "
             f"{len(msg.content.array_records)}"
         )
     # Keep the Array objects received: the app may replace or mutate the records.
@@ -223,12 +198,12 @@ def _uplink(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
     if reply.has_error():
         return reply
     if len(reply.content.array_records) != 1:
-        return _error_reply(
-            msg, f"expects exactly one ArrayRecord in the train reply, found "
+        return error_reply(
+            msg, _MOD, f"expects exactly one ArrayRecord in the train reply, found "
             f"{len(reply.content.array_records)}"
         )
     if C.REPLY_RECORD in reply.content:
-        return _error_reply(msg, f"record key '{C.REPLY_RECORD}' is reserved in the reply")
+        return error_reply(msg, _MOD, f"record key '{C.REPLY_RECORD}' is reserved in the reply")
     record_key, returned = next(iter(reply.content.array_records.items()))
     try:
         compressed = compress_arrays(
@@ -236,7 +211,7 @@ def _uplink(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
             context.state,
         )
     except PreconditionError as e:
-        return _error_reply(msg, str(e))
+        return error_reply(msg, _MOD, str(e))
     if compressed is None:  # nothing to compress: the reply goes as it is
         return reply
     arrays, meta = compressed

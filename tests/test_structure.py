@@ -66,3 +66,19 @@ def test_simulations_import_no_cycle_between_report_and_server_app():
 
     assert not any("server_app" in m for m in imports("report"))
     assert not any("report" in m for m in imports("server_app"))
+
+
+def test_option_lists_name_exactly_the_keywords_they_pass_through():
+    """The strategies pass their options on by name lists; a list that drifts from the
+    signature it feeds would send a keyword to FedAvg (TypeError) or drop it."""
+    import inspect
+
+    from strategies.round import OPTIONS, RoundCompressor
+    from strategies.secagg.strategy import SECAGG_OPTIONS, SecureAggregator
+
+    def keywords(cls, positional):
+        return [p for p in inspect.signature(cls.__init__).parameters
+                if p not in ("self", *positional)]
+
+    assert keywords(SecureAggregator, ("clip_norm", "bits")) == list(SECAGG_OPTIONS)
+    assert set(keywords(RoundCompressor, ("method", "bits", "seed"))) == set(OPTIONS)

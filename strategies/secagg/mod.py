@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from logging import DEBUG, ERROR
+from logging import DEBUG
 
 import numpy as np
 from flwr.app import (
@@ -36,13 +36,11 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Context,
-    Error,
     Message,
     MetricRecord,
     RecordDict,
 )
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.constant import ErrorCode, SType
 from flwr.supercore import log
 
 from fedhd import modular
@@ -50,6 +48,7 @@ from fedhd.errors import DecodeError
 from fedhd.rng import modular_dither_seed
 
 from .. import constants as C
+from ..mod_support import error_reply, is_train, numpy_array
 from .crypto import CryptoError
 from .params import (
     TAIL_CAPPED,
@@ -69,17 +68,6 @@ _MOD = "secagg_mod"
 
 class _Refused(ValueError):
     """A precondition of the masked-input stage failed."""
-
-
-def is_train(msg: Message) -> bool:
-    message_type = msg.metadata.message_type
-    return message_type == "train" or message_type.startswith("train.")
-
-
-def _error_reply(msg: Message, reason: str) -> Message:
-    log(ERROR, "%s: %s", _MOD, reason)
-    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=f"{_MOD}: {reason}"),
-                   reply_to=msg)
 
 
 def _stage_reply(msg: Message, stage: str, payload: bytes) -> Message:
@@ -155,10 +143,10 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         else:
             raise ProtocolError(f"unknown secure-aggregation stage {stage!r}")
     except StaleMessage as e:  # a replay or a stale stage: refused, the session goes on
-        return _error_reply(msg, f"stage {stage!r} refused: {e}")
+        return error_reply(msg, _MOD, f"stage {stage!r} refused: {e}")
     except (DecodeError, ProtocolError, CryptoError) as e:
         _clear(context)
-        return _error_reply(msg, f"stage {stage!r} refused: {e}")
+        return error_reply(msg, _MOD, f"stage {stage!r} refused: {e}")
     _time(context, str(stage), time.perf_counter() - t0)
     log(DEBUG, "%s: stage %s answered (%d bytes)", _MOD, stage, len(out))
     return _stage_reply(msg, str(stage), out)
@@ -176,10 +164,10 @@ def _masked_input(msg: Message, context: Context, call_next: ClientAppCallable,
         if layout_digest((k, a.dtype, a.shape) for k, a in received.items()) != params.digest:
             raise _Refused("the arrays received do not match the round's model layout")
     except StaleMessage as e:
-        return _error_reply(msg, f"stage 'masked-input' refused: {e}")
+        return error_reply(msg, _MOD, f"stage 'masked-input' refused: {e}")
     except (DecodeError, ProtocolError, CryptoError, _Refused) as e:
         _clear(context)
-        return _error_reply(msg, f"stage 'masked-input' refused: {e}")
+        return error_reply(msg, _MOD, f"stage 'masked-input' refused: {e}")
     setup_s = time.perf_counter() - t0
     # the session has left the SHARED stage: store that before the app runs, so that a
     # re-sent mask request (after an app exception, say) is refused and no second input
@@ -196,7 +184,7 @@ def _masked_input(msg: Message, context: Context, call_next: ClientAppCallable,
         masked = session.mask(words, spec.bits, tail)
     except (ProtocolError, _Refused, ValueError) as e:
         _clear(context)
-        return _error_reply(msg, f"stage 'masked-input' refused: {e}")
+        return error_reply(msg, _MOD, f"stage 'masked-input' refused: {e}")
     _save(context, session)
     content = RecordDict({
         record_key: ArrayRecord({C.SECAGG_MASKED_KEY: Array(
@@ -211,10 +199,7 @@ def _masked_input(msg: Message, context: Context, call_next: ClientAppCallable,
 
 
 def _numpy(array: Array, key: str, where: str) -> np.ndarray:
-    if array.stype != SType.NUMPY:
-        raise _Refused(f"array '{key}' of the {where} has stype {array.stype!r}; only "
-                       f"{SType.NUMPY!r} arrays can be aggregated securely")
-    return array.numpy()
+    return numpy_array(array, key, where, _Refused, "aggregated securely")
 
 
 def _encode_reply(msg: Message, reply: Message, received: dict[str, np.ndarray],

@@ -468,6 +468,13 @@ _DOC_PARAMS = """
 """
 
 
+#: Keyword options of ``SecureAggregator`` that ``SecAggFedAvg`` takes out of its keywords
+#: (the rest go to FedAvg) and ``SecAggStrategy`` passes on.
+SECAGG_OPTIONS = ("headroom", "threshold", "num_shares", "max_weight", "slack", "log2_chunk",
+                  "seed", "target_unclipped", "clip_lr", "client_metrics", "stage_timeout",
+                  "wire_accounting", "randbytes")
+
+
 class SecAggFedAvg(FedAvg):
     """FedAvg whose server learns only the sum of the clients' updates (with
     ``secagg_mod`` on the clients): masked summable codes, SecAgg/SecAgg+ protocol.
@@ -481,20 +488,10 @@ class SecAggFedAvg(FedAvg):
     ``self.secagg.round`` until the next round.
     """
 
-    def __init__(self, clip_norm: float, bits: int = 4, *, headroom: int = 2,
-                 threshold: float = 2 / 3, num_shares: int | None = None,
-                 max_weight: float | None = None, slack: float = 1.5,
-                 log2_chunk: int | None = None, seed: int = C.DEFAULT_SEED,
-                 target_unclipped: float | None = None, clip_lr: float = 0.2,
-                 client_metrics: bool = False, stage_timeout: float = 3600.0,
-                 wire_accounting: bool = True, randbytes: RandBytes = secrets.token_bytes,
-                 **fedavg_kwargs: Any) -> None:
-        super().__init__(**fedavg_kwargs)
-        self.secagg = SecureAggregator(
-            clip_norm, bits, headroom=headroom, threshold=threshold, num_shares=num_shares,
-            max_weight=max_weight, slack=slack, log2_chunk=log2_chunk, seed=seed,
-            target_unclipped=target_unclipped, clip_lr=clip_lr, client_metrics=client_metrics,
-            stage_timeout=stage_timeout, wire_accounting=wire_accounting, randbytes=randbytes)
+    def __init__(self, clip_norm: float, bits: int = 4, **kwargs: Any) -> None:
+        options = {k: v for k, v in kwargs.items() if k in SECAGG_OPTIONS}
+        super().__init__(**{k: v for k, v in kwargs.items() if k not in SECAGG_OPTIONS})
+        self.secagg = SecureAggregator(clip_norm, bits, **options)
 
     def summary(self) -> None:
         s = self.secagg
@@ -535,25 +532,15 @@ class SecAggStrategy(InnerStrategyKeys, Strategy):
     >>> strategy = SecAggStrategy(FedAdam(eta=1e-2), clip_norm=2.0, bits=4)
     """
 
-    def __init__(self, strategy: Strategy, clip_norm: float, bits: int = 4, *,
-                 headroom: int = 2, threshold: float = 2 / 3, num_shares: int | None = None,
-                 max_weight: float | None = None, slack: float = 1.5,
-                 log2_chunk: int | None = None, seed: int = C.DEFAULT_SEED,
-                 target_unclipped: float | None = None, clip_lr: float = 0.2,
-                 client_metrics: bool = False, stage_timeout: float = 3600.0,
-                 wire_accounting: bool = True, randbytes: RandBytes = secrets.token_bytes
-                 ) -> None:
+    def __init__(self, strategy: Strategy, clip_norm: float, bits: int = 4,
+                 **options: Any) -> None:
         super().__init__()
         if any(hasattr(strategy, a) for a in ("compressor",)):
             raise TypeError("SecAggStrategy cannot wrap a compressed strategy: fedhd blobs "
                             "(per-client scales, entropy-coded lengths) cannot be masked and "
                             "summed; secure aggregation brings its own summable code")
         self.strategy = strategy
-        self.secagg = SecureAggregator(
-            clip_norm, bits, headroom=headroom, threshold=threshold, num_shares=num_shares,
-            max_weight=max_weight, slack=slack, log2_chunk=log2_chunk, seed=seed,
-            target_unclipped=target_unclipped, clip_lr=clip_lr, client_metrics=client_metrics,
-            stage_timeout=stage_timeout, wire_accounting=wire_accounting, randbytes=randbytes)
+        self.secagg = SecureAggregator(clip_norm, bits, **options)
 
     def summary(self) -> None:
         log(INFO, "\t├──> secure aggregation around %s", type(self.strategy).__name__)
