@@ -48,6 +48,12 @@ class Aggregator:
     device : optional
         "cuda" or "cuda:N": sum methods with device kernels (hd-dither, eden, ...) on that
         GPU and return ``mean()`` there as a torch tensor (``fedhd.backend``).
+    low_memory : bool (default: False)
+        Add entropy-coded blobs (hd-dither-ec) without a scratch vector of d floats: each
+        is decoded twice, once to check its streams and once into the sum (about 1.8x
+        the decode time). The sum is the same bit for bit; with ``max_norm`` the measured
+        norm may differ in its last bits (another summation order) and the blob goes in
+        with one float32 rounding instead of two.
 
     ``add`` validates a blob completely before touching the running sum, so a bad blob
     raises ``DecodeError`` and leaves the sum as it was.
@@ -55,8 +61,9 @@ class Aggregator:
 
     def __init__(self, d: int, seed: int | None = None, method: str | None = None,
                  bits: float | None = None, device: Any = None,
-                 log2_chunk: int | None = None):
+                 log2_chunk: int | None = None, low_memory: bool = False):
         self.d = int(d)
+        self.low_memory = bool(low_memory)
         self.backend = backend.for_device(device)
         self.seed = seed
         self.method = None if method is None else registry.get(method)
@@ -90,7 +97,7 @@ class Aggregator:
                 raise NormExceeded(stated, max_norm)
         norm = None
         if method.commutes_with_sum:
-            part = method.rotated_contribution(payload, h, layout)
+            part = method.rotated_contribution(payload, h, layout, self.low_memory)
             if max_norm is not None:
                 norm = part.norm()
             w = weight * self._norm_factor(norm, max_norm, clip)

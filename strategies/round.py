@@ -51,7 +51,7 @@ R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
 #: Keyword options of ``RoundCompressor`` that the strategies pass through.
 OPTIONS = ("log2_chunk", "wire_accounting", "exact", "device", "max_update_norm", "norm_bound",
            "downlink", "downlink_bits", "downlink_max_deltas", "downlink_precision",
-           "error_feedback")
+           "error_feedback", "low_memory")
 
 
 def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -149,6 +149,10 @@ class RoundCompressor:
         residual e of what its blobs left out and sends encode(update + e). None: on for
         biased methods (topk, scaled-sign, powersgd, turboquant, fp16), off for unbiased
         ones. Sent to the nodes as ``fedhd.error-feedback`` in every train config.
+    low_memory : bool (default: False)
+        The round's ``fedhd.Aggregator(low_memory=...)``: entropy-coded replies
+        (hd-dither-ec) are checked and added without a scratch vector of the model's size,
+        decoding each twice.
     """
 
     def __init__(self, method: str = C.DEFAULT_METHOD, bits: float | None = None,
@@ -157,11 +161,13 @@ class RoundCompressor:
                  device: str | None = None, max_update_norm: float | None = None,
                  norm_bound: NormBound = "drop", downlink: bool | str = False,
                  downlink_bits: float | None = None, downlink_max_deltas: int = 16,
-                 downlink_precision: str = "float32", error_feedback: bool | None = None):
+                 downlink_precision: str = "float32", error_feedback: bool | None = None,
+                 low_memory: bool = False):
         codec = make_codec(method, bits, log2_chunk)  # validates method, bits, chunk
         if error_feedback is not None and not isinstance(error_feedback, bool):
             raise TypeError(f"error_feedback must be a bool or None, got {error_feedback!r}")
         self.error_feedback = error_feedback
+        self.low_memory = bool(low_memory)
         self.method = method
         self.bits = codec.bits
         self._log2_chunk = codec.log2_chunk  # what every blob of a round must carry
@@ -364,7 +370,8 @@ class RoundCompressor:
     def _sum(self, st: RoundState, opened: list[Reply], counts: dict[str, int]
              ) -> tuple[fedhd.Aggregator | None, list[Reply]]:
         agg = (fedhd.Aggregator(st.d, seed=st.seed, method=self.method, bits=self.bits,
-                                device=self.device, log2_chunk=self._log2_chunk)
+                                device=self.device, log2_chunk=self._log2_chunk,
+                                low_memory=self.low_memory)
                if st.d > 0 else None)
         bound, clip = self.max_update_norm, self.norm_bound == "clip"
         accepted: list[Reply] = []

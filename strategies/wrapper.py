@@ -73,7 +73,7 @@ class CompressedStrategy(InnerStrategyKeys, Strategy):
     method, bits, seed, **options
         As for ``CompressedFedAvg`` (log2_chunk, wire_accounting, exact, device,
         max_update_norm, norm_bound, downlink, downlink_bits, downlink_max_deltas,
-        downlink_precision, error_feedback).
+        downlink_precision, error_feedback, low_memory).
 
     Examples
     --------

@@ -430,6 +430,45 @@ def test_decode_rotated_matches_decode():
     np.testing.assert_allclose(out, 2 * fedhd.decode(blob), rtol=1e-5, atol=1e-5)
 
 
+def _stream_corrupted(blob: bytes, chunk: int) -> bytes:
+    """The blob with one word in the middle of chunk ``chunk``'s rANS stream flipped, CRC
+    recomputed: it parses, and only decoding that stream can tell."""
+    _, _, counts = tables(blob)
+    C = counts.size
+    start = H.TABLE_OFF + H.table_bytes(C) + 4 * (int(counts[:chunk].sum()) + counts[chunk] // 2)
+    buf = bytearray(blob)
+    buf[start:start + 4] = bytes(b ^ 0x5A for b in buf[start:start + 4])
+    return seal(buf)
+
+
+def test_a_low_memory_round_is_the_same_sum_and_still_refuses_bad_streams():
+    """Aggregator(low_memory=True) checks every stream before touching the sum, then adds
+    chunk by chunk: the same mean bit for bit, a blob with a bad last-but-one chunk leaves
+    the sum as it was, and the norm it measures for max_norm is the default one (the blob
+    then goes in with one rounding instead of two: the mean agrees to float32 rounding)."""
+    d = 5 * (1 << 16) + 123
+    blobs = [enc(gauss(d, k), bits=2, seed=7, dither_seed=k) for k in range(3)]
+    bad = _stream_corrupted(enc(gauss(d, 9), bits=2, seed=7, dither_seed=9), 4)
+    with pytest.raises(fedhd.DecodeError):
+        fedhd.decode(bad)
+    means, norms = [], []
+    for low in (False, True):
+        agg = fedhd.Aggregator(d, seed=7, low_memory=low)
+        for k, b in enumerate(blobs[:2]):
+            agg.add(b, 1.0 + k)
+        before = agg.mean()
+        with pytest.raises(fedhd.DecodeError):
+            agg.add(bad, 5.0)
+        np.testing.assert_array_equal(agg.mean(), before)
+        agg.add(blobs[2], 3.0)
+        means.append(agg.mean())
+        norms.append(agg.add(blobs[0], 1.0, max_norm=1e9))
+        means.append(agg.mean())
+    np.testing.assert_array_equal(means[2], means[0])
+    np.testing.assert_allclose(means[3], means[1], rtol=0, atol=1e-6 * np.abs(means[1]).max())
+    assert norms[1] == pytest.approx(norms[0], rel=1e-12)
+
+
 def test_benchmark_runs_small():
     from fedhd.bench import ec
 

@@ -46,7 +46,8 @@ def _peak_added(fn) -> tuple[object, float, float]:
     return result, 1024 * _status_kb("VmHWM") - before, seconds
 
 
-def measure(method: str, bits: float, d: int, op: str, clients: int) -> dict[str, object]:
+def measure(method: str, bits: float, d: int, op: str, clients: int,
+            low_memory: bool = False) -> dict[str, object]:
     """One measurement, in this process (``main`` runs each in a fresh one)."""
     import fedhd
     from fedhd.methods import get
@@ -76,7 +77,7 @@ def measure(method: str, bits: float, d: int, op: str, clients: int) -> dict[str
         del dst  # the round's output is the mean it returns
 
         def round_() -> object:
-            agg = fedhd.Aggregator(d, seed=1)
+            agg = fedhd.Aggregator(d, seed=1, low_memory=low_memory)
             for b in blobs:
                 agg.add(b, weight=1.0)
             return agg.mean(release=True)
@@ -85,6 +86,7 @@ def measure(method: str, bits: float, d: int, op: str, clients: int) -> dict[str
         returned = 4 * d  # the mean
     extra = added - returned
     return {"method": method, "bits": bits, "d": d, "op": op, "clients": clients,
+            "low_memory": low_memory,
             "added_mb": extra / 1e6, "added_pct_of_input": 100.0 * extra / (4 * d),
             "seconds": secs, "over_copy": secs / copy_s}
 
@@ -96,11 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--d", type=int, default=100_000_000)
     p.add_argument("--ops", nargs="*", default=list(OPS), choices=OPS)
     p.add_argument("--clients", type=int, default=4, help="blobs of the Aggregator round")
+    p.add_argument("--low-memory", action="store_true",
+                   help="the Aggregator round with fedhd.Aggregator(low_memory=True)")
     p.add_argument("--json", default=None, help="write the rows to this file")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child process
     a = p.parse_args(argv)
     if a.one:
-        print(json.dumps(measure(a.methods[0], a.bits, a.d, a.ops[0], a.clients)))
+        print(json.dumps(measure(a.methods[0], a.bits, a.d, a.ops[0], a.clients,
+                                 a.low_memory)))
         return 0
     rows = []
     print(f"{'method':<14}{'bits':>5} {'op':<11}{'d':>11}{'added MB':>10}{'% of input':>11}"
@@ -110,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             out = subprocess.run(
                 [sys.executable, "-m", "fedhd", "bench", "memory", "--one", "--methods", method,
                  "--bits", str(a.bits), "--d", str(a.d), "--ops", op,
-                 "--clients", str(a.clients)], capture_output=True, text=True)
+                 "--clients", str(a.clients)] + (["--low-memory"] if a.low_memory else []),
+                capture_output=True, text=True)
             if out.returncode:
                 raise RuntimeError(f"{method} {op}: {out.stderr.strip()}")
             r = json.loads(out.stdout.strip().splitlines()[-1])

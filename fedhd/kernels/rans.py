@@ -457,16 +457,24 @@ def _decode_stream(words, p, end, n, K, A, freq, cum, lut, qmax, dwords, scale, 
     return OK
 
 
+#: Decoder modes (``decode_chunks``): the vector; weight x its rotated chunks into out;
+#: check the streams only (and the chunks' sums of squares); add weight x the rotated
+#: chunks into out.
+VECTOR, ROTATED, CHECK, ADD = 0, 1, 2, 3
+
+
 @njit(cache=True)
 def _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys,
-                  weight, mode, out):
+                  weight, mode, out, chunk, ss):
     n = sizes[c]
     st = starts[c]
     s = np.float64(scales[c])
+    ss[c] = 0.0
     if s == 0.0:
-        hi = min(st + n, d) if mode == 0 else st + n
-        for i in range(st, hi):
-            out[i] = 0.0
+        if mode == VECTOR or mode == ROTATED:
+            hi = min(st + n, d) if mode == VECTOR else st + n
+            for i in range(st, hi):
+                out[i] = 0.0
         return OK
     delta = np.float64(steps[c])
     K, A, freq, cum = _models(delta, models[c])
@@ -475,15 +483,22 @@ def _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps, mod
     dwords = np.empty(n, np.uint32)
     dither_words(dkeys[c], n, dwords)
     scale = weight * s * delta / n
-    if mode == 0:
-        buf = np.empty(n, np.float32)
-    else:
-        buf = out[st:st + n]
+    buf = out[st:st + n] if mode == ROTATED else chunk[:n]
     e = _decode_stream(words, word_off[c], word_off[c + 1], n, K, A, freq, cum, lut,
                        q_max(n, delta), dwords, scale, buf)
-    if mode == 0 and e == OK:
+    if e != OK:
+        return e
+    if mode == VECTOR:
         fwht(buf)
         store_signed(buf, st, min(n, d - st), keys[c], out)
+    elif mode == CHECK:
+        acc = 0.0
+        for i in range(n):
+            acc += np.float64(buf[i]) * np.float64(buf[i])
+        ss[c] = acc
+    elif mode == ADD:
+        dst = out[st:st + n]
+        dst += buf
     return e
 
 
@@ -544,10 +559,11 @@ def _append(scratch, cap_off, counts, base, words, p):
 
 @njit(nogil=True, cache=True)
 def _decode_range(c0, c1, words, word_off, d, starts, sizes, keys, scales, steps, models,
-                  dkeys, weight, mode, out, err):
+                  dkeys, weight, mode, out, err, ss):
+    chunk = np.empty(sizes[c0:c1].max(), np.float32)
     for c in range(c0, c1):
         err[c] = _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps,
-                               models, dkeys, weight, mode, out)
+                               models, dkeys, weight, mode, out, chunk, ss)
 
 
 def rotate_norms(x, d, starts, sizes, keys, y):
@@ -620,13 +636,18 @@ def encode_streams(x, d, starts, sizes, keys, scales, steps, models, dkeys, caps
 
 def decode_chunks(words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys, weight,
                   mode, out):
-    """Decode every chunk. mode 0: out[:d] = the decoded vector (inverse rotation included);
-    mode 1: out[padded] = weight * the decoded rotated chunks, scaled for ``unrotate``.
-    Returns the error code of each chunk."""
+    """Decode every chunk (each through one chunk buffer per thread). mode VECTOR:
+    out[:d] = the decoded vector (inverse rotation included); ROTATED: out[padded] =
+    weight * the decoded rotated chunks, scaled for ``unrotate``; CHECK: nothing written,
+    the streams checked; ADD: out[padded] += weight * the rotated chunks (chunk by chunk as
+    each decodes: CHECK first when out must stay untouched by a bad stream).
+    Returns (the error code of each chunk, with CHECK the float64 sum of squares of each
+    decoded rotated chunk, else zeros)."""
     err = np.empty(starts.shape[0], np.int64)
+    ss = np.empty(starts.shape[0], np.float64)
     over_chunks(_decode_range, sizes, words, word_off, d, starts, sizes, keys, scales, steps,
-                models, dkeys, float(weight), int(mode), out, err)
-    return err
+                models, dkeys, float(weight), int(mode), out, err, ss)
+    return err, ss
 
 
 @njit(cache=True)

@@ -146,9 +146,11 @@ class Method:
         scales), read without decoding; None when the blob carries none."""
         return None
 
-    def rotated_contribution(self, payload: memoryview, h: Header,
-                             layout: Layout) -> Contribution:
-        """``commutes_with_sum`` methods: the validated blob, ready to add to a rotated sum."""
+    def rotated_contribution(self, payload: memoryview, h: Header, layout: Layout,
+                             low_memory: bool = False) -> Contribution:
+        """``commutes_with_sum`` methods: the validated blob, ready to add to a rotated sum.
+        ``low_memory``: check and add without a scratch vector of the blob's length, at
+        the cost of decoding twice where the checks need a decode (entropy-coded blobs)."""
         raise NotImplementedError
 
     # -- driver ----------------------------------------------------------------------------

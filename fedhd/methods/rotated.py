@@ -98,7 +98,7 @@ class RotatedTableMethod(Method):
         be.dequantize_unrotate(codes, layout, rng.sign_keys(h.seed, layout.chunks), tables, b,
                                off, out)
 
-    def rotated_contribution(self, payload, h, layout):
+    def rotated_contribution(self, payload, h, layout, low_memory=False):  # no scratch
         codes, tables, b, off = self._parts(payload, h, layout)
         return TableContribution(codes, layout, tables, b, off)
 
