@@ -177,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     t_dec, _ = _best(decode, a.repeats)
     h, layout, payload = method.open(as_bytes(blob))
     rotated = np.empty(layout.padded, np.float32)  # reused: no page faults in the timing
-    parts = method._parse(payload, layout)
-    t_rot, _ = _best(lambda: method._run(parts, h, layout, 1.0, E.ROTATED, rotated), a.repeats)
+    parsed = method._parse(payload, layout)
+    t_rot, _ = _best(lambda: method._run(parsed, h, layout, 1.0, E.ROTATED, rotated),
+                     a.repeats)
     t_copy2, _ = _best(lambda: np.copyto(dst, x), a.repeats)
     t_copy = min(t_copy, t_copy2)
     assert layout == make_layout(d, h.log2_chunk)
