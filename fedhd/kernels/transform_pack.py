@@ -213,20 +213,13 @@ def _quantize_pack_bytes(buf, thr, bits, out, off):
     n = buf.shape[0]
     L = 1 << bits
     per = 8 // bits
-    t = (thr[0], thr[1 % (L - 1)], thr[2 % (L - 1)])  # in registers (stores to out may
-    # alias thr for the compiler, which would reload it at every coordinate)
     for p in range(n // per):
         byte = 0
         for q in range(per):
             v = buf[p * per + q]
-            if L == 2:
-                code = int(v > t[0])
-            elif L == 4:
-                code = int(v > t[0]) + int(v > t[1]) + int(v > t[2])
-            else:
-                code = 0
-                for m in range(L - 1):
-                    code += v > thr[m]
+            code = 0
+            for m in range(L - 1):
+                code += v > thr[m]
             byte |= code << (q * bits)
         out[off + p] = np.uint8(byte)
 
