@@ -190,26 +190,24 @@ class Aggregator:
             raise ValueError(f"out must be a float32 vector of length {self.d}"
                              + (" (and not given with release=True)" if release else ""))
         sums = list(self._rotated.items())
+        # one rotated sum on this backend: unrotate straight into the result (no float64
+        # vector); with ``release`` on the host, into the sum's own memory
+        single = len(sums) == 1 and self._plain is None and sums[0][1][0] is be
         # a host ``out`` on a GPU aggregator: finish on the device, then copy back
         staged = isinstance(out, np.ndarray) and be is not backend.CPU
         with be.call():
-            if len(sums) == 1 and self._plain is None and sums[0][1][0] is be:
-                # one rotated sum: unrotate straight into the result, no float64 vector
+            if single and release and be is backend.CPU:
+                result = target = sums[0][1][1][: self.d]
+            elif staged:
+                result, target = out, be.zeros(self.d, np.float32)
+            else:
+                result, target = be.output(self.d, out)
+            if single:
                 (seed, log2_chunk, _), (_, acc, _) = sums[0]
-                if release and be is backend.CPU:
-                    result = target = acc[: self.d]
-                elif staged:
-                    result, target = out, be.zeros(self.d, np.float32)
-                else:
-                    result, target = be.output(self.d, out)
                 layout = make_layout(self.d, log2_chunk)
                 be.unrotate(acc, layout, sign_keys(seed, layout.chunks), target)
                 be.finish(target, self.total_weight, target)
             else:
-                if staged:
-                    result, target = out, be.zeros(self.d, np.float32)
-                else:
-                    result, target = be.output(self.d, out)
                 total = be.zeros(self.d, np.float64)
                 for (seed, log2_chunk, _), (acc_be, acc, _) in sums:
                     layout = make_layout(self.d, log2_chunk)
