@@ -70,7 +70,7 @@ class Aggregator:
         self.bits = bits
         self.log2_chunk = log2_chunk
         self._plain: np.ndarray | None = None  # float64 sum of directly decoded vectors
-        # (seed, log2_chunk, backend name) -> [backend, running rotated sum, bound]
+        # (seed, log2_chunk, backend name) -> [backend, running rotated sum, bound, scratch]
         self._rotated: dict[tuple[int, int, str], list[Any]] = {}
         self.total_weight = 0.0
         self.count = 0
@@ -110,8 +110,9 @@ class Aggregator:
                 raise DecodeError("this blob's values would overflow the round's sum")
             with be.call():
                 acc = be.zeros(layout.padded, np.float32) if slot is None else slot[1]
-                part.add_to(acc, w, be)
-            self._rotated[key] = [be, acc, bound]
+                scratch = {} if slot is None else slot[3]  # methods' work vectors
+                part.add_to(acc, w, be, scratch)
+            self._rotated[key] = [be, acc, bound, scratch]
         else:
             x = _decode_host(view).astype(np.float64)
             if not np.isfinite(x).all():
@@ -203,13 +204,13 @@ class Aggregator:
             else:
                 result, target = be.output(self.d, out)
             if single:
-                (seed, log2_chunk, _), (_, acc, _) = sums[0]
+                (seed, log2_chunk, _), (_, acc, _, _) = sums[0]
                 layout = make_layout(self.d, log2_chunk)
                 be.unrotate(acc, layout, sign_keys(seed, layout.chunks), target)
                 be.finish(target, self.total_weight, target)
             else:
                 total = be.zeros(self.d, np.float64)
-                for (seed, log2_chunk, _), (acc_be, acc, _) in sums:
+                for (seed, log2_chunk, _), (acc_be, acc, _, _) in sums:
                     layout = make_layout(self.d, log2_chunk)
                     with acc_be.call():
                         part = acc_be.zeros(self.d, np.float32)

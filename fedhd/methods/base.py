@@ -59,9 +59,12 @@ class Contribution:
         so it bounds the decoded vector's norm from above)."""
         raise NotImplementedError
 
-    def add_to(self, acc: Any, weight: float, be: Backend) -> None:
+    def add_to(self, acc: Any, weight: float, be: Backend,
+               scratch: dict[str, Any] | None = None) -> None:
         """acc (padded) += weight * the rotated chunks, scaled so that ``be.unrotate`` of
-        the sum gives the weighted sum of decoded vectors."""
+        the sum gives the weighted sum of decoded vectors. ``scratch``: a dict the caller
+        keeps beside the sum, where a method that needs a work vector leaves it for the
+        sum's next blobs (it goes when the caller drops the dict)."""
         raise NotImplementedError
 
 

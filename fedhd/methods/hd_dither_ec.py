@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import math
 import struct
-import threading
 import time
 from functools import lru_cache
 from typing import Any
@@ -172,7 +171,8 @@ class _Allocation:
 class ECContribution(Contribution):
     """A validated hd-dither-ec blob. Its streams can only be checked by decoding them, and
     the sum must stay untouched by a bad one, so ``add_to`` decodes into a scratch vector
-    (one per thread, reused) and adds it once every chunk checked out; with
+    (kept in the caller's ``scratch`` for the sum's next blobs) and adds it once every chunk
+    checked out; with
     ``low_memory`` it decodes twice instead: a check pass, then chunk by chunk into the
     sum (no scratch; about 1.8x the time)."""
 
@@ -199,7 +199,7 @@ class ECContribution(Contribution):
                                       np.empty(lay.padded, np.float32))[0]
         return rotated_norm(self._unit, lay)
 
-    def add_to(self, acc, weight, be):
+    def add_to(self, acc, weight, be, scratch=None):
         lay = self.layout
         if self._unit is not None:
             acc += np.float32(weight) * self._unit
@@ -208,21 +208,15 @@ class ECContribution(Contribution):
                 self.method._run(self.parts, self.h, lay, 1.0, E.CHECK, acc)
             self.method._run(self.parts, self.h, lay, weight, E.ADD, acc)
         else:  # the weight folded into the decode (one rounding)
-            part = _scratch(lay.padded)
+            scratch = {} if scratch is None else scratch
+            part = scratch.get(self.method.name)
+            if part is None or part.shape != (lay.padded,):
+                part = scratch[self.method.name] = np.empty(lay.padded, np.float32)
             self.method._run(self.parts, self.h, lay, weight, E.ROTATED, part)
             add_into(acc, part, lay.starts, lay.sizes)
 
 
-_local = threading.local()
 _NOTHING = np.empty(0, np.float32)  # the ``out`` of a CHECK pass, which writes nothing
-
-
-def _scratch(n: int) -> np.ndarray:
-    """A float32 vector of n coordinates, reused by later calls on this thread."""
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.shape[0] != n:
-        buf = _local.buf = np.empty(n, np.float32)
-    return buf
 
 
 class HDDitherEC(Method):

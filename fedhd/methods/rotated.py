@@ -39,7 +39,8 @@ class TableContribution(Contribution):
                                                                     bits, off)
         self.max_abs = float(np.abs(tables).max(initial=0.0))
 
-    def add_to(self, acc: Any, weight: float, be: Backend) -> None:
+    def add_to(self, acc: Any, weight: float, be: Backend,
+               scratch: dict[str, Any] | None = None) -> None:
         be.lookup_rotated(self.codes, self.layout, self.tables, self.bits, self.off, weight,
                           acc)
 
