@@ -269,6 +269,14 @@ def test_replayed_stage_messages_are_refused_by_the_mod():
                  and secagg_stage(m) == C.SECAGG_STAGE_SETUP)
     reply = grid2.client_app(setup, grid2.contexts[node])
     assert reply.has_error() and "replayed" in reply.error.reason
+    # a SETUP of another run's session of the same round cannot reset the open session
+    other = next(m for m in grid.delivered if m.metadata.dst_node_id == grid.node_ids[0]
+                 and secagg_stage(m) == C.SECAGG_STAGE_SETUP)
+    other.metadata.__dict__["_dst_node_id"] = node
+    reply = grid2.client_app(other, grid2.contexts[node])
+    assert reply.has_error() and "another session" in reply.error.reason
+    reply = grid2.client_app(again, grid2.contexts[node])  # the open session is intact
+    assert reply.has_error() and "expected 'shared'" in reply.error.reason
 
 
 # --- drop-in and composition -----------------------------------------------------------------

@@ -95,14 +95,19 @@ def _clear(context: Context) -> None:
 
 
 def _refuse_replayed_setup(context: Context, payload: bytes) -> None:
-    """A SETUP of the session this node is already in is a replay: refused."""
-    session, _, _ = read_head(payload, Kind.SETUP)
+    """A SETUP of the session this node is in, or of another session of the same or an
+    earlier round (rounds only grow within a run), is a replay: refused, so that an old
+    message cannot reset the round under way."""
+    session, server_round, _ = read_head(payload, Kind.SETUP)
     try:
         current = _load(context)
     except (ProtocolError, DecodeError):
         return
     if current.session == session:
         raise StaleMessage("a second SETUP of the current session (replayed)")
+    if server_round <= current.server_round:
+        raise StaleMessage(f"a SETUP of round {server_round} while this node is in round "
+                           f"{current.server_round} (replayed from another session)")
 
 
 def _time(context: Context, stage: str, seconds: float) -> None:
