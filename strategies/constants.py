@@ -173,6 +173,9 @@ METRIC_SECAGG_DROPPED_MASKED_INPUT = PREFIX + "secagg.dropped_masked_input"
 METRIC_SECAGG_DROPPED_UNMASK = PREFIX + "secagg.dropped_unmask"
 #: 1 when the round was aborted (too few clients at a stage, a failed reconstruction).
 METRIC_SECAGG_ABORTED = PREFIX + "secagg.aborted"
+#: Secrets the server rebuilt from other shares than their first t, around shares that
+#: failed a check (some client sent altered shares) or whose holder did so earlier.
+METRIC_SECAGG_OUTVOTED = PREFIX + "secagg.outvoted_secrets"
 #: How many survivors clipped their update (a masked count: no client is singled out).
 METRIC_SECAGG_CLIPPED = PREFIX + "secagg.clipped"
 #: How many survivors' weights exceeded max_weight (masked count).

@@ -178,17 +178,33 @@ def test_fewer_shares_than_the_threshold_reveal_nothing():
     assert shamir.PRIME == 2**521 - 1 and pow(3, shamir.PRIME - 1, shamir.PRIME) == 1
 
 
-def test_a_forged_share_makes_the_unmask_fail_not_a_wrong_sum():
+def test_a_forged_share_is_outvoted_and_too_many_make_the_unmask_fail_not_a_wrong_sum():
+    """A client that alters its shares cannot break the round while t honest shares of each
+    secret remain: the server finds t that match the secret's commitment (or public key)
+    and the sum is exact. When no t shares check out, the round aborts: never a wrong sum."""
+    def forge(data: bytes, byte: int = 10) -> bytes:
+        forged = bytearray(data)
+        forged[-byte] ^= 1  # in the last share value it sends
+        return bytes(forged)
+
+    for seed in range(3):
+        fed = Fed(K=6, t=3, seed=seed)
+        fed.setup()
+        fed.share()
+        fed.mask(drop={fed.ids[5]})  # one dropped client: its mask key is rebuilt too
+        replies = [(i, fed.cl[i].on_unmask_request(fed.unmask_request)) for i in fed.srv.u3]
+        agg = fed.srv.on_unmask([(replies[0][0], forge(replies[0][1])), *replies[1:]])
+        _check(fed, agg, fed.ids[:5])
+        assert fed.srv.outvoted  # the forged share was among the first t of some secret
     fed = Fed(K=5, t=3)
     fed.setup()
     fed.share()
     fed.mask(drop={fed.ids[4]})
     replies = [(i, fed.cl[i].on_unmask_request(fed.unmask_request)) for i in fed.srv.u3]
-    node, data = replies[0]
-    forged = bytearray(data)
-    forged[-1] ^= 1  # the last share value of the first holder
-    with pytest.raises(SecAggAbort, match="a share was altered"):
-        fed.srv.on_unmask([(node, bytes(forged)), *replies[1:]])
+    forged = [(i, forge(r, 10 + k)) for k, (i, r) in enumerate(replies[:2])] + replies[2:]
+    # 2 of the 4 holders of the dropped client's key lie: no 3 of its shares check out
+    with pytest.raises(SecAggAbort, match="shares were altered"):
+        fed.srv.on_unmask(forged)
 
 
 # --- tampering and replays ------------------------------------------------------------------

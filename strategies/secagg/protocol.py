@@ -43,11 +43,13 @@ leaves fewer than ``threshold`` clients or a secret does not reconstruct.
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import partial
 from itertools import pairwise
 
 import numpy as np
@@ -74,6 +76,8 @@ VERSION = 1
 PROTOCOL_ID = b"fedhd-secagg/1"
 SESSION_BYTES = 16
 _HEAD = struct.Struct("<2sBB16sQ")  # magic, version, kind, session, round
+#: Subsets of ``threshold`` shares the server tries for one secret before it gives up.
+REBUILD_TRIES = 64
 HEAD_BYTES = _HEAD.size  # 28
 _PK = crypto.KEY_BYTES
 _SHARE = shamir.SHARE_BYTES
@@ -499,6 +503,10 @@ class ServerSession:
         self.roster: dict[int, tuple[bytes, bytes]] = {}
         self.nbrs: dict[int, tuple[int, ...]] = {}
         self.commitments: dict[int, bytes] = {}
+        #: Owners whose secret needed other shares than the first ``threshold`` (some
+        #: client altered its shares of them), filled by ``on_unmask``.
+        self.outvoted: list[int] = []
+        self._suspects: set[int] = set()  # x of holders whose shares failed a check
         self.forward: dict[int, list[tuple[int, bytes]]] = {}
         self._shape: tuple[int, int, int] | None = None
         self._sum: tuple[np.ndarray, np.ndarray] | None = None
@@ -683,18 +691,13 @@ class ServerSession:
         self._enough("unmask", self.u4, len(self.u3))
         acc, tacc = self._sum[0].copy(), self._sum[1].copy()
         for o in self.u3:
-            seed = self._rebuild(o, b_points[o], 32, "self-mask seed")
-            if _commitment(seed, self.session, o) != self.commitments[o]:
-                raise SecAggAbort("unmask", f"the self-mask seed of node {o} does not match "
-                                  "its commitment: a share was altered")
+            seed = self._rebuild(o, b_points[o], 32, "self-mask seed",
+                                 partial(self._is_seed_of, o))
             w, t = mask_streams(_self_key(seed, self.session, o), n, dt, tail)
             acc -= w
             tacc -= t
         for o in dropped:
-            sk = self._rebuild(o, sk_points[o], 32, "mask key")
-            if crypto.public_of(sk) != self.roster[o][1]:
-                raise SecAggAbort("unmask", f"the rebuilt mask key of dropped node {o} does not "
-                                  "match its public key: a share was altered")
+            sk = self._rebuild(o, sk_points[o], 32, "mask key", partial(self._is_key_of, o))
             for k in sorted(s & set(self.nbrs[o])):
                 w, t = mask_streams(_pair_key(sk, self.roster[k][1], self.session, o, k), n, dt,
                                     tail)
@@ -707,13 +710,40 @@ class ServerSession:
         acc &= dt.type((1 << bits) - 1)
         return Aggregate(acc, tacc, list(self.u3), dropped)
 
-    def _rebuild(self, owner: int, points: list[tuple[int, int]], nbytes: int, what: str
-                 ) -> bytes:
-        if len(points) < self.threshold:
+    def _is_seed_of(self, node: int, seed: bytes) -> bool:
+        """Whether ``seed`` is the self-mask seed ``node`` committed to."""
+        return _commitment(seed, self.session, node) == self.commitments[node]
+
+    def _is_key_of(self, node: int, sk: bytes) -> bool:
+        """Whether ``sk`` is the mask key of ``node``'s advertised public key."""
+        return crypto.public_of(sk) == self.roster[node][1]
+
+    def _rebuild(self, owner: int, points: list[tuple[int, int]], nbytes: int, what: str,
+                 check: Callable[[bytes], bool]) -> bytes:
+        """The secret of ``owner`` from its shares, as ``check`` (its commitment, or its
+        public key) confirms it. A client that sends altered shares is outvoted: when the
+        first ``threshold`` shares give a value that fails the check, other subsets of
+        ``threshold`` shares are tried (seeded order, at most REBUILD_TRIES), first without
+        the holders suspected by earlier secrets; SecAggAbort if none checks out."""
+        t = self.threshold
+        if len(points) < t:
             raise SecAggAbort("unmask", f"the {what} of node {owner} has {len(points)} shares, "
-                              f"{self.threshold} are needed")
-        value = shamir.combine(sorted(points), self.threshold)
-        if value >> (8 * nbytes):
-            raise SecAggAbort("unmask", f"the {what} of node {owner} does not reconstruct: "
-                              "a share was altered")
-        return value.to_bytes(nbytes, "little")
+                              f"{t} are needed")
+        pts = sorted(points)
+        trusted = [p for p in pts if p[0] not in self._suspects]
+        first = trusted[:t] if len(trusted) >= t else pts[:t]
+        order = random.Random(int.from_bytes(crypto.sha256(self.session, _u64(owner)), "big"))
+        for k in range(REBUILD_TRIES):
+            subset = first if k == 0 else sorted(order.sample(pts, t))
+            value = shamir.combine(subset, t)
+            if not value >> (8 * nbytes):
+                secret = value.to_bytes(nbytes, "little")
+                if check(secret):
+                    if subset != pts[:t]:  # some share among the first t was altered
+                        self.outvoted.append(owner)
+                        self._suspects |= {x for x, _ in pts[:t]} - {x for x, _ in subset}
+                    return secret
+            if len(pts) == t:
+                break  # no other subset to try
+        raise SecAggAbort("unmask", f"the {what} of node {owner} does not reconstruct from any "
+                          f"{t} of its {len(pts)} shares: shares were altered")

@@ -361,6 +361,10 @@ class SecureAggregator:
         }
         if srv is not None:
             m[C.METRIC_SECAGG_THRESHOLD] = srv.threshold
+            m[C.METRIC_SECAGG_OUTVOTED] = len(srv.outvoted)
+            if srv.outvoted:
+                log(WARNING, "secagg: round %d: the secrets of nodes %s were rebuilt around "
+                    "altered shares", st.server_round, sorted(set(srv.outvoted)))
             sets = [st.sampled, srv.u1, srv.u2, srv.u3, srv.u4]
             for i, stage in enumerate(_STAGE_METRIC):
                 if stage in st.stages_run:  # the replies of that stage were processed
