@@ -30,14 +30,16 @@ Stages of one session (one round), server <-> client messages (``Kind``):
    reveals its shares of b_k for the survivors and of s_sk_k for the dropped, never both
    for one client. From t shares the server rebuilds each survivor's self mask and each
    dropped client's pairwise masks with the survivors, and removes them: the sum of the
-   survivors' vectors mod 2^m (and mod 2^64) is all it learns.
+   survivors' vectors mod 2^m (and mod 2^64) is all it learns. A rebuilt secret must match
+   b_k's commitment (or s_pk_k); when the first t shares fail that, other t of them are
+   tried, so a client that alters its shares is outvoted while t honest ones remain.
 
 Every message starts with ``MAGIC`` ``FS``, the version, its kind, the 16-byte session id
 (random, chosen by the server per round) and the round number; parsers check every field
 and length and raise ``fedhd.DecodeError`` for malformed bytes, ``ProtocolError`` for a
 well-formed message that must be refused (wrong stage, session or round, a replay,
 inconsistent sets, failed authentication). The server raises ``SecAggAbort`` when a stage
-leaves fewer than ``threshold`` clients or a secret does not reconstruct.
+leaves fewer than ``threshold`` clients or no t shares of a secret check out.
 """
 
 from __future__ import annotations
