@@ -46,19 +46,26 @@ class InnerStrategyKeys:
     def weighted_by_key(self) -> str:
         return str(getattr(self.strategy, "weighted_by_key", "num-examples"))
 
-    def mean_reply(self, arrays: ArrayRecord, total_weight: float,
-                   client_metrics: MetricRecord | None, like: Message) -> Message:
-        """One reply holding global + mean update, the total weight and the clients'
-        aggregated metrics, with the metadata of the accepted reply ``like``: what the inner
-        strategy's ``aggregate_train`` gets in place of the round's replies."""
+    def aggregate_mean(self, server_round: int, arrays: ArrayRecord, total_weight: float,
+                       client_metrics: MetricRecord | None, like: Message,
+                       metrics: MetricRecord | dict
+                       ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The inner strategy's ``aggregate_train`` of ONE reply in place of the round's:
+        global + mean update, the total weight and the clients' aggregated metrics, with
+        the metadata of the accepted reply ``like``; the wrapper's ``metrics`` are added to
+        the MetricRecord it returns."""
         weight: int | float = total_weight
         if float(weight).is_integer():
             weight = int(weight)
         summary = MetricRecord(dict(client_metrics or {}))
         summary[self.weighted_by_key] = weight
-        return message_with_metadata(
+        reply = message_with_metadata(
             RecordDict({self.arrayrecord_key: arrays, "metrics": summary}),
             copy.copy(like.metadata))
+        new_arrays, inner = self.strategy.aggregate_train(server_round, [reply])
+        out = MetricRecord(dict(inner or {}))
+        out.update(metrics)
+        return new_arrays, out
 
 
 class CompressedStrategy(InnerStrategyKeys, Strategy):
@@ -127,12 +134,9 @@ class CompressedStrategy(InnerStrategyKeys, Strategy):
         )
         if outcome.arrays is None:
             return None, MetricRecord(dict(outcome.fedhd_metrics))
-        mean_reply = self.mean_reply(outcome.arrays, outcome.total_weight,
-                                     outcome.client_metrics, outcome.accepted[0])
-        arrays, metrics = self.strategy.aggregate_train(server_round, [mean_reply])
-        out = MetricRecord(dict(metrics or {}))
-        out.update(outcome.fedhd_metrics)
-        return arrays, out
+        return self.aggregate_mean(server_round, outcome.arrays, outcome.total_weight,
+                                   outcome.client_metrics, outcome.accepted[0],
+                                   outcome.fedhd_metrics)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -561,12 +561,9 @@ class SecAggStrategy(InnerStrategyKeys, Strategy):
                                         getattr(self.strategy, "train_metrics_aggr_fn", None))
         if outcome.arrays is None:
             return None, outcome.metrics
-        mean_reply = self.mean_reply(outcome.arrays, outcome.total_weight,
-                                     outcome.client_metrics, outcome.accepted[0])
-        arrays, metrics = self.strategy.aggregate_train(server_round, [mean_reply])
-        out = MetricRecord(dict(metrics or {}))
-        out.update(outcome.metrics)
-        return arrays, out
+        return self.aggregate_mean(server_round, outcome.arrays, outcome.total_weight,
+                                   outcome.client_metrics, outcome.accepted[0],
+                                   outcome.metrics)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
