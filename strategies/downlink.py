@@ -96,10 +96,16 @@ def _representable(vector: np.ndarray, like: dict[str, np.ndarray], keys: list[s
     return _concat(_split(vector, like, keys), keys)
 
 
+def _sent_as_bfloat16(dtype: np.dtype, precision: str) -> bool:
+    """Whether a keyframe sends a float array of ``dtype`` as bfloat16 bits: with a
+    bfloat16 P, every float32/float64 array (float16 ones go as they are)."""
+    return precision == "bfloat16" and dtype != np.float16
+
+
 def _keyframe_array(values: np.ndarray, precision: str) -> Array:
-    """One float array of a keyframe: as numpy, or (bfloat16 P, float32/float64 arrays) as
-    its bfloat16 bits under stype ``BFLOAT16_STYPE`` with the array's own dtype and shape."""
-    if precision != "bfloat16" or values.dtype == np.float16:
+    """One float array of a keyframe: as numpy, or (``_sent_as_bfloat16``) as its bfloat16
+    bits under stype ``BFLOAT16_STYPE`` with the array's own dtype and shape."""
+    if not _sent_as_bfloat16(values.dtype, precision):
         return Array(values)
     return Array(dtype=str(values.dtype), shape=values.shape, stype=C.BFLOAT16_STYPE,
                  data=to_bfloat16_bits(values.ravel()).tobytes())
@@ -107,8 +113,7 @@ def _keyframe_array(values: np.ndarray, precision: str) -> Array:
 
 def _keyframe_nbytes(like: np.ndarray, precision: str) -> int:
     """Bytes of a float array's values in a keyframe (without numpy's array header)."""
-    packed = precision == "bfloat16" and like.dtype != np.float16
-    return 2 * like.size if packed else like.nbytes
+    return 2 * like.size if _sent_as_bfloat16(like.dtype, precision) else like.nbytes
 
 
 def _keyframe_values(array: Array) -> np.ndarray:

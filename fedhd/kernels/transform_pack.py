@@ -383,8 +383,8 @@ def add_into(acc, part, starts, sizes):
 
 
 @njit(nogil=True, cache=True)
-def _finish(c0, c1, total, w, out):
-    for i in range(c0, c1):
+def _finish(c0, c1, bounds, total, w, out):
+    for i in range(bounds[c0], bounds[c1]):
         out[i] = np.float32(np.float64(total[i]) / w)
 
 
@@ -394,12 +394,7 @@ def finish(total, w, out):
     n = total.shape[0]
     bounds = np.arange(0, n + (1 << 16), 1 << 16).clip(max=n)
     sizes = np.diff(bounds)
-    over_chunks(_finish_ranges, sizes, bounds, total, np.float64(w), out)
-
-
-@njit(nogil=True, cache=True)
-def _finish_ranges(c0, c1, bounds, total, w, out):
-    _finish(bounds[c0], bounds[c1], total, w, out)
+    over_chunks(_finish, sizes, bounds, total, np.float64(w), out)
 
 
 @njit(nogil=True, cache=True)
