@@ -388,12 +388,17 @@ def write_all(results: list[RunResult], cfg: SweepConfig, seconds: float | None 
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_csv(results, out / FILES["csv"])
+    _write_summary(results, summary, out)
+    return summary
+
+
+def _write_summary(results: list[RunResult], summary: dict[str, Any], out: Path) -> None:
+    """``summary.json``, ``summary.md`` and ``accuracy.png`` of ``summary`` under ``out``."""
     with open(out / FILES["json"], "w") as f:
         json.dump(_jsonable(summary), f, indent=2)
         f.write("\n")
     (out / FILES["md"]).write_text(markdown(summary))
     plot(results, summary, out / FILES["png"])
-    return summary
 
 
 def _jsonable(x: Any) -> Any:
@@ -503,11 +508,7 @@ def rebuild(folder: str | Path) -> dict[str, Any]:
     out = Path(folder)
     summary = summarize(results, cfg)
     summary["meta"] = meta
-    with open(out / FILES["json"], "w") as f:
-        json.dump(_jsonable(summary), f, indent=2)
-        f.write("\n")
-    (out / FILES["md"]).write_text(markdown(summary))
-    plot(results, summary, out / FILES["png"])
+    _write_summary(results, summary, out)
     return summary
 
 
