@@ -111,7 +111,7 @@ class Aggregator:
             with be.call():
                 acc = be.zeros(layout.padded, np.float32) if slot is None else slot[1]
                 scratch = {} if slot is None else slot[3]  # methods' work vectors
-                part.add_to(acc, w, be, scratch)
+                acc = part.add_to(acc, w, be, scratch)
             self._rotated[key] = [be, acc, bound, scratch]
         else:
             x = _decode_host(view).astype(np.float64)

@@ -1,9 +1,10 @@
 """Golden blobs: the SHA-256 of every registered method's blob on fixed inputs and seeds.
 
 These hashes pin the wire format byte for byte. A change that alters any of them is a
-wire-format change: bump ``fedhd.wire.VERSION`` and regenerate the table together
-(``python tests/test_golden.py`` prints it). Inputs are built from integer arithmetic on
-SplitMix64 outputs, so they are the same on every platform and numpy version.
+wire-format change: bump ``fedhd.wire.VERSION``, or for a change inside one method's
+payload that method's own format field (hd-dither-ec's coder format), and regenerate the
+table together (``python tests/test_golden.py`` prints it). Inputs are built from integer
+arithmetic on SplitMix64 outputs, so they are the same on every platform and numpy version.
 """
 
 from __future__ import annotations
@@ -64,16 +65,16 @@ GOLDEN: dict[str, str] = {  # SHA-256 prefixes; regenerate with python tests/tes
     "hd-dither/4/1000/16": "e865f50e08bc900455ecdf5a2a412a6c",
     "hd-dither/4/70001/16": "c901feaecc572dd58594ae0d69be736d",
     "hd-dither/4/5000/10": "2318831f41824540ac3d73f7af37e12c",
-    "hd-dither-ec/1.0/1/16": "6305637a90b09c87c7476e15ceda73f3",
-    "hd-dither-ec/1.0/100/16": "dc6c4ea0d2ce5717a4d21f3e4ebc9413",
-    "hd-dither-ec/1.0/1000/16": "5bcea382a1ddf4f333fdc697bd07dde2",
-    "hd-dither-ec/1.0/70001/16": "a4963757f8e610edfb6279f934ad91eb",
-    "hd-dither-ec/1.0/5000/10": "da714ef34a47013411ead925b04a6d7b",
-    "hd-dither-ec/2.5/1/16": "5de9cdfdf929588b71452ec0d70ea60c",
-    "hd-dither-ec/2.5/100/16": "9421c2a257ba1bf0f50eda1521d0c6ab",
-    "hd-dither-ec/2.5/1000/16": "96458abfbd81ddd9cc2806804e11837c",
-    "hd-dither-ec/2.5/70001/16": "2ba13e96ddbeaf45b1ad044c0619685a",
-    "hd-dither-ec/2.5/5000/10": "bf612e0e7d5c4e573256ba24cb905f01",
+    "hd-dither-ec/1.0/1/16": "b7af4fedbf8119a290234d806f19282e",
+    "hd-dither-ec/1.0/100/16": "27a19aec983b4f760ee9802be5f61f8d",
+    "hd-dither-ec/1.0/1000/16": "b7a4958a9c2d1a95e0e031ee09108c2d",
+    "hd-dither-ec/1.0/70001/16": "58702ed28ce2f793a5d9827f123e16fe",
+    "hd-dither-ec/1.0/5000/10": "857487517a637655d2d70d834c7ba311",
+    "hd-dither-ec/2.5/1/16": "7622ef691e9951a5b43351e33a20da7b",
+    "hd-dither-ec/2.5/100/16": "a421e8a12c6b5442c76205a0f68559e3",
+    "hd-dither-ec/2.5/1000/16": "284fec48c59cbf5933383443091a947c",
+    "hd-dither-ec/2.5/70001/16": "280e27aea385f8de8ac1e776b6485095",
+    "hd-dither-ec/2.5/5000/10": "174799abb17cc19c2032a6f9a723b0d8",
     "fp16/16/1/16": "b62bf35eae069cb5a6d0c8684e8ecb26",
     "fp16/16/100/16": "a3f323f2c8f157061bfe03cd6683c277",
     "fp16/16/1000/16": "ba2035e67127aa1e4dfeca91b12525f5",
@@ -145,7 +146,8 @@ def test_every_method_is_pinned():
 def test_golden_blob(method, bits, d, log2_chunk):
     key = _key(method, bits, d, log2_chunk)
     assert blob_hash(method, bits, d, log2_chunk) == GOLDEN[key], (
-        f"{key}: the blob changed; a wire change must bump fedhd.wire.VERSION and this table")
+        f"{key}: the blob changed; a wire change must bump fedhd.wire.VERSION (or the "
+        f"method's own format field) and this table")
 
 
 if __name__ == "__main__":  # print the table

@@ -27,12 +27,14 @@ stream's end check turns it into a DecodeError, never into a wrong vector.
 An escaped q follows its ESC symbol as two uniform 16-bit halves (low, then high) of its
 32-bit zigzag code, on the same coder state.
 
-rANS (Duda; the "rans64" layout of F. Giesen), two interleaved states per chunk, coordinate i
-on state i % 2: each state x in [L, L * 2**32) with L = 2**31, 32-bit words. Encoding runs
-over the coordinates backwards and emits words towards lower addresses; the final states are
-stored at the front of the stream as four words (x0 low, x0 high, x1 low, x1 high), so the
-decoder reads words forwards. A well-formed stream ends exactly at its last word with both
-states back at L: the decoder checks both.
+rANS (Duda; the "rans64" layout of F. Giesen), LANES = 4 interleaved states per chunk,
+coordinate i on state i % 4: each state x in [L, L * 2**32) with L = 2**31, 32-bit words.
+Encoding runs over the coordinates backwards and emits words towards lower addresses; the
+final states are stored at the front of the stream as eight words (x0 low, x0 high, x1 low,
+..., x3 high), so the decoder reads words forwards. A well-formed stream ends exactly at its
+last word with every state back at L: the decoder checks them all. (Coder format 1 had two
+states; four let the decoder overlap twice as many independent dependency chains: 17%
+faster decoding, 21% faster coding, 16 more bytes a chunk.)
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ T_MODEL = 6.5
 MODELS = 2  # the law of z the coder assumes, chosen per chunk (``_cdf``)
 MIX_INV_S1 = 1.224744871391589  # sqrt(3 / 2): 1 / the narrow component's standard deviation
 ANS_L = 1 << 31
+LANES = 4  # interleaved coder states per chunk: coordinate i goes to state i % LANES
 MIN_STEP = 2.0**-8
 MAX_STEP = 2.0**20
 
@@ -144,15 +147,31 @@ def build_models(delta, K, model, freq, cum):
 
 @njit(cache=True)
 def build_luts(cum, A, lut):
-    """lut[b << LUT_BITS | k] = the symbol of bin b whose range holds slot k << LUT_SHIFT."""
+    """lut[b << LUT_BITS | k] = the symbol of bin b whose range holds slot k << LUT_SHIFT
+    (the last symbol starting at or before it): each symbol fills the cells that start in
+    its range."""
     for b in range(BINS):
         crow = b * (A + 1)
-        s = 0
-        for k in range(1 << LUT_BITS):
-            slot = k << LUT_SHIFT
-            while cum[crow + s + 1] <= slot:
-                s += 1
-            lut[(b << LUT_BITS) + k] = s
+        base = b << LUT_BITS
+        for j in range(A):
+            k0 = (cum[crow + j] + (1 << LUT_SHIFT) - 1) >> LUT_SHIFT
+            k1 = (cum[crow + j + 1] + (1 << LUT_SHIFT) - 1) >> LUT_SHIFT
+            for k in range(k0, k1):
+                lut[base + k] = j
+
+
+@njit(cache=True)
+def decoder_table(freq, cum, A):
+    """fs[b * (A + 1) + j] = f_j << 32 | start_j of bin b (the cum layout; j = A holds the
+    row's end, M): one load gives both numbers a decode step needs, and the next entry's
+    low half is the symbol's end."""
+    fs = np.empty(BINS * (A + 1), np.uint64)
+    for b in range(BINS):
+        crow = b * (A + 1)
+        for j in range(A):
+            fs[crow + j] = (np.uint64(freq[b * A + j]) << _S32) | np.uint64(cum[crow + j])
+        fs[crow + A] = np.uint64(M)
+    return fs
 
 
 @njit(cache=True)
@@ -267,11 +286,13 @@ _HI = np.uint64((ANS_L >> PREC) << 32)  # push freq f: renormalize first if x >=
 _L = np.uint64(ANS_L)
 _S16 = np.uint64(PREC)
 _S32 = np.uint64(32)
+_S8 = np.uint64(8)
 _M16 = np.uint64(M - 1)
 
 
-# The coder loops are written out by hand: small helper functions returning tuples cost 4x
-# in numba's hot loops. Helpers serve only the rare escapes.
+# The coder's per-symbol steps (``_push``, ``_pop``) are inlined into the loops
+# (inline="always": a called helper returning a tuple costs several times as much in
+# numba's hot loops); the rare escapes take real calls, kept off the common path.
 
 
 @njit(cache=True)
@@ -300,37 +321,89 @@ def _mulhi(typingctx, a, b):
     return sig, codegen
 
 
+#: Columns of the encoder's table (one row a flat symbol, read with one cache line).
+_XMAX, _RCP, _BIAS, _CMPL_SHIFT = 0, 1, 2, 3
+
+
 @njit(cache=True)
-def _encoder_tables(freq, cum, A):
-    """Per flat symbol: renormalization bound, reciprocal, shift, bias and M - f, so that a
-    push is x + bias + (mulhi(x, rcp) >> shift) (M - f) == (x // f) M + x % f + start
-    (F. Giesen's rans64, after Alverson: exact for x < 2**63)."""
+def _encoder_table(freq, cum, A):
+    """Per flat symbol t, a row: the renormalization bound, the reciprocal, the bias and
+    (M - f) << 8 | shift, so that a push is x + bias + (mulhi(x, rcp) >> shift) (M - f) ==
+    (x // f) M + x % f + start (F. Giesen's rans64, after Alverson: exact for x < 2**63)."""
     T = freq.shape[0]
-    xmax = np.empty(T, np.uint64)
-    rcp = np.empty(T, np.uint64)
-    shf = np.empty(T, np.uint64)
-    bias = np.empty(T, np.uint64)
-    cmpl = np.empty(T, np.uint64)
+    rows = np.empty((T, 4), np.uint64)
     for t in range(T):
         f = np.int64(freq[t])
         start = np.int64(cum[(t // A) * (A + 1) + t % A])
         fu = np.uint64(f)
-        xmax[t] = _HI * fu
-        cmpl[t] = np.uint64(M - f)
+        rows[t, _XMAX] = _HI * fu
         if f < 2:
-            rcp[t] = np.uint64(0xFFFFFFFFFFFFFFFF)
-            shf[t] = np.uint64(0)
-            bias[t] = np.uint64(start + M - 1)
+            rows[t, _RCP] = np.uint64(0xFFFFFFFFFFFFFFFF)
+            shift = 0
+            rows[t, _BIAS] = np.uint64(start + M - 1)
         else:
             shift = 0
             while f > (1 << shift):
                 shift += 1
             x1 = np.uint64(1) << np.uint64(shift + 31)
             x0 = np.uint64(f - 1) + ((x1 % fu) << _S32)
-            rcp[t] = (x0 // fu) + ((x1 // fu) << _S32)
-            shf[t] = np.uint64(shift - 1)
-            bias[t] = np.uint64(start)
-    return xmax, rcp, shf, bias, cmpl
+            rows[t, _RCP] = (x0 // fu) + ((x1 // fu) << _S32)
+            shift -= 1
+            rows[t, _BIAS] = np.uint64(start)
+        rows[t, _CMPL_SHIFT] = (np.uint64(M - f) << np.uint64(8)) | np.uint64(shift)
+    return rows
+
+
+@njit(inline="always", cache=True)
+def _push(x, t, rows, scratch, ptr):
+    """Push flat symbol t on state x; returns (x, ptr). The renormalization has no branch:
+    the state's low word is stored below the stream whether or not it is emitted (a word
+    the next emission or the final states overwrite)."""
+    u = np.uint64(t)
+    cs = rows[u, _CMPL_SHIFT]
+    scratch[ptr - np.uint64(1)] = np.uint32(x & _U32)
+    if x >= rows[u, _XMAX]:
+        ptr -= np.uint64(1)
+        x >>= _S32
+    x = x + rows[u, _BIAS] + (_mulhi(x, rows[u, _RCP]) >> (cs & np.uint64(0xFF))) * (cs >> _S8)
+    return x, ptr
+
+
+@njit(cache=True)
+def _push_any(x, sym, i, b, inv, words, rows, scratch, ptr):
+    """Push coordinate i, escaped or not (sym[i] < 0: an escape, its q pushed first, then
+    the ESC symbol -sym[i] - 1): (x, ptr)."""
+    t = sym[i]
+    if t >= 0:
+        return _push(x, t, rows, scratch, ptr)
+    x, pe = _put_escape(x, quantize(b[i], inv, words[i]), scratch, np.int64(ptr))
+    return _push(x, -t - 1, rows, scratch, np.uint64(pe))
+
+
+@njit(cache=True)
+def _push_plain(sym, rows, scratch, ptr):
+    """Push every coordinate of a chunk without escapes, coordinate i on state i % 4, from
+    the last: (x0, x1, x2, x3, ptr). The states are pushed one after another in the loop
+    body (``_push`` is inlined), so the compiler overlaps their dependency chains."""
+    x0 = x1 = x2 = x3 = _L
+    for i in range(sym.shape[0] - LANES, -1, -LANES):
+        x3, ptr = _push(x3, sym[i + 3], rows, scratch, ptr)
+        x2, ptr = _push(x2, sym[i + 2], rows, scratch, ptr)
+        x1, ptr = _push(x1, sym[i + 1], rows, scratch, ptr)
+        x0, ptr = _push(x0, sym[i], rows, scratch, ptr)
+    return x0, x1, x2, x3, ptr
+
+
+@njit(cache=True)
+def _push_escaped(sym, b, inv, words, rows, scratch, ptr):
+    """``_push_plain`` for a chunk with escapes (|z| > 6.5: rare)."""
+    x0 = x1 = x2 = x3 = _L
+    for i in range(sym.shape[0] - LANES, -1, -LANES):
+        x3, ptr = _push_any(x3, sym, i + 3, b, inv, words, rows, scratch, ptr)
+        x2, ptr = _push_any(x2, sym, i + 2, b, inv, words, rows, scratch, ptr)
+        x1, ptr = _push_any(x1, sym, i + 1, b, inv, words, rows, scratch, ptr)
+        x0, ptr = _push_any(x0, sym, i, b, inv, words, rows, scratch, ptr)
+    return x0, x1, x2, x3, ptr
 
 
 @njit(cache=True)
@@ -339,38 +412,19 @@ def _encode_chunk(c, b, scales, steps, models, dkeys, scratch, end):
     returns the stream's length in words."""
     n = b.shape[0]
     K, A, freq, cum = _models(np.float64(steps[c]), models[c])
-    xmax, rcp, shf, bias, cmpl = _encoder_tables(freq, cum, A)
+    rows = _encoder_table(freq, cum, A)
     words, sym, inv = _chunk_symbols(c, b, scales, steps, dkeys, K, n)
-    ptr = end
-    x0 = _L
-    x1 = _L
-    i = n - 2
-    while i >= 0:
-        t = sym[i + 1]
-        if t < 0:
-            t = -t - 1
-            x1, ptr = _put_escape(x1, quantize(b[i + 1], inv, words[i + 1]), scratch, ptr)
-        if x1 >= xmax[t]:
-            ptr -= 1
-            scratch[ptr] = np.uint32(x1 & _U32)
-            x1 >>= _S32
-        x1 = x1 + bias[t] + (_mulhi(x1, rcp[t]) >> shf[t]) * cmpl[t]
-        t = sym[i]
-        if t < 0:
-            t = -t - 1
-            x0, ptr = _put_escape(x0, quantize(b[i], inv, words[i]), scratch, ptr)
-        if x0 >= xmax[t]:
-            ptr -= 1
-            scratch[ptr] = np.uint32(x0 & _U32)
-            x0 >>= _S32
-        x0 = x0 + bias[t] + (_mulhi(x0, rcp[t]) >> shf[t]) * cmpl[t]
-        i -= 2
-    for x in (x1, x0):
-        ptr -= 1
-        scratch[ptr] = np.uint32(x >> _S32)
-        ptr -= 1
-        scratch[ptr] = np.uint32(x & _U32)
-    return end - ptr
+    if sym.min() < 0:  # an escape
+        x0, x1, x2, x3, ptr = _push_escaped(sym, b, inv, words, rows, scratch, np.uint64(end))
+    else:
+        x0, x1, x2, x3, ptr = _push_plain(sym, rows, scratch, np.uint64(end))
+    p = np.int64(ptr)
+    for x in (x3, x2, x1, x0):
+        p -= 1
+        scratch[p] = np.uint32(x >> _S32)
+        p -= 1
+        scratch[p] = np.uint32(x & _U32)
+    return end - p
 
 
 @njit(cache=True)
@@ -391,81 +445,113 @@ def _get_escape(x, words, p, end, K, qmax):
     return x, p, q, OK
 
 
-@njit(cache=True)
-def _decode_stream(words, p, end, n, K, A, freq, cum, lut, qmax, dwords, scale, buf):
+@njit(inline="always", cache=True)
+def _pop(x, k, lut, fs, row, esc, words, up, last, end, K, qmax):
+    """Pop the q of a coordinate with dither word k from state x: (x, up, q, error code).
 
-    """Decode one stream into buf[i] = (q_i + u_i) * scale; returns an error code."""
-    if end - p < 4:
+    Written for the dependency chain state -> table loads -> state: unsigned indices (no
+    negative-index fix-ups), one load for a symbol's frequency and start, and a
+    renormalization without a branch (the next word is loaded whether or not it is needed,
+    from at most the stream's last word; running past the end is caught by the final
+    position check)."""
+    r = np.uint64(k >> np.uint32(32 - BIN_BITS))
+    slot = x & _M16
+    crow = r * row
+    t = crow + np.uint64(lut[(r << np.uint64(LUT_BITS)) + (slot >> np.uint64(LUT_SHIFT))])
+    while (fs[t + np.uint64(1)] & _U32) <= slot:
+        t += np.uint64(1)
+    e = fs[t]
+    x = (e >> _S32) * (x >> _S16) + slot - (e & _U32)
+    w = np.uint64(words[min(up, last)])
+    if x < _L:
+        x = (x << _S32) | w
+        up += np.uint64(1)
+    j = t - crow
+    if j == esc:
+        if up > np.uint64(end):
+            return x, up, np.int64(0), ERR_OVERRUN
+        x, pe, q, err = _get_escape(x, words, np.int64(up), end, K, qmax)
+        return x, np.uint64(pe), q, err
+    return x, up, np.int64(j) - K, OK
+
+
+@njit(cache=True)
+def _decode_stream(words, p, end, n, K, A, fs, lut, qmax, dwords, qs):
+    """Decode one stream into qs[i] = q_i (``dequantize`` turns them into values); returns
+    an error code."""
+    if end - p < 2 * LANES:
         return ERR_OVERRUN
+    top = _L << _S32
+    for j in range(LANES):
+        x = np.uint64(words[p + 2 * j]) | (np.uint64(words[p + 2 * j + 1]) << _S32)
+        if x < _L or x >= top:
+            return ERR_STATE
     x0 = np.uint64(words[p]) | (np.uint64(words[p + 1]) << _S32)
     x1 = np.uint64(words[p + 2]) | (np.uint64(words[p + 3]) << _S32)
-    p += 4
-    top = _L << _S32
-    if x0 < _L or x0 >= top or x1 < _L or x1 >= top:
-        return ERR_STATE
-    esc = A - 1
-    A1 = A + 1
-    # the two interleaved states are written out side by side (not a shared helper) so the
-    # compiler can overlap their independent dependency chains
-    for i in range(0, n, 2):
-        # -- coordinate i, state x0
-        k = dwords[i]
-        r = np.int64(k >> np.uint32(32 - BIN_BITS))
-        slot = x0 & _M16
-        si = np.int64(slot)
-        s = lut[(r << LUT_BITS) + (si >> LUT_SHIFT)]
-        crow = r * A1
-        while cum[crow + s + 1] <= si:
-            s += 1
-        x0 = np.uint64(freq[r * A + s]) * (x0 >> _S16) + slot - np.uint64(cum[crow + s])
-        if x0 < _L:
-            if p >= end:
-                return ERR_OVERRUN
-            x0 = (x0 << _S32) | np.uint64(words[p])
-            p += 1
-        if s == esc:
-            x0, p, q, e = _get_escape(x0, words, p, end, K, qmax)
-            if e != OK:
-                return e
-        else:
-            q = s - K
-        buf[i] = np.float32((q + (np.float64(k) + 0.5) * 2.3283064365386963e-10) * scale)
-        # -- coordinate i + 1, state x1
-        k = dwords[i + 1]
-        r = np.int64(k >> np.uint32(32 - BIN_BITS))
-        slot = x1 & _M16
-        si = np.int64(slot)
-        s = lut[(r << LUT_BITS) + (si >> LUT_SHIFT)]
-        crow = r * A1
-        while cum[crow + s + 1] <= si:
-            s += 1
-        x1 = np.uint64(freq[r * A + s]) * (x1 >> _S16) + slot - np.uint64(cum[crow + s])
-        if x1 < _L:
-            if p >= end:
-                return ERR_OVERRUN
-            x1 = (x1 << _S32) | np.uint64(words[p])
-            p += 1
-        if s == esc:
-            x1, p, q, e = _get_escape(x1, words, p, end, K, qmax)
-            if e != OK:
-                return e
-        else:
-            q = s - K
-        buf[i + 1] = np.float32((q + (np.float64(k) + 0.5) * 2.3283064365386963e-10) * scale)
-    if p != end or x0 != _L or x1 != _L:
+    x2 = np.uint64(words[p + 4]) | (np.uint64(words[p + 5]) << _S32)
+    x3 = np.uint64(words[p + 6]) | (np.uint64(words[p + 7]) << _S32)
+    esc = np.uint64(A - 1)
+    row = np.uint64(A + 1)
+    up = np.uint64(p + 2 * LANES)
+    last = np.uint64(end - 1)
+    # the states are popped one after another in the loop body (inlined), so the
+    # compiler overlaps their independent dependency chains
+    for i in range(0, n, LANES):
+        x0, up, qs[i], e = _pop(x0, dwords[i], lut, fs, row, esc, words, up, last, end, K,
+                                qmax)
+        if e != OK:
+            return e
+        x1, up, qs[i + 1], e = _pop(x1, dwords[i + 1], lut, fs, row, esc, words, up, last,
+                                    end, K, qmax)
+        if e != OK:
+            return e
+        x2, up, qs[i + 2], e = _pop(x2, dwords[i + 2], lut, fs, row, esc, words, up, last,
+                                    end, K, qmax)
+        if e != OK:
+            return e
+        x3, up, qs[i + 3], e = _pop(x3, dwords[i + 3], lut, fs, row, esc, words, up, last,
+                                    end, K, qmax)
+        if e != OK:
+            return e
+    if up > np.uint64(end):
+        return ERR_OVERRUN
+    if up != np.uint64(end) or x0 != _L or x1 != _L or x2 != _L or x3 != _L:
         return ERR_END
     return OK
 
 
+@njit(cache=True)
+def dequantize(qs, dwords, scale, base, out):
+    """v_i = float32((q_i + u_i) * scale), u_i = (k_i + 1/2) 2**-32 the dither of word k_i:
+    out[i] = v_i; with a base (not empty), out[i] = base[i] + v_i; given out itself as base,
+    out[i] += v_i (its own loop: the compiler vectorizes it only when it can see that the
+    arrays it writes and reads are the same or disjoint)."""
+    if base.shape[0] == 0:
+        for i in range(qs.shape[0]):
+            out[i] = np.float32(
+                (np.float64(qs[i]) + (np.float64(dwords[i]) + 0.5) * 2.3283064365386963e-10)
+                * scale)
+    elif base.ctypes.data == out.ctypes.data:
+        for i in range(qs.shape[0]):
+            out[i] += np.float32(
+                (np.float64(qs[i]) + (np.float64(dwords[i]) + 0.5) * 2.3283064365386963e-10)
+                * scale)
+    else:
+        for i in range(qs.shape[0]):
+            out[i] = base[i] + np.float32(
+                (np.float64(qs[i]) + (np.float64(dwords[i]) + 0.5) * 2.3283064365386963e-10)
+                * scale)
+
+
 #: Decoder modes (``decode_chunks``): the vector; weight x its rotated chunks into out;
-#: check the streams only (and the chunks' sums of squares); add weight x the rotated
-#: chunks into out.
+#: check the streams only (and the chunks' sums of squares); out = base + weight x the
+#: rotated chunks.
 VECTOR, ROTATED, CHECK, ADD = 0, 1, 2, 3
 
 
 @njit(cache=True)
 def _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys,
-                  weight, mode, out, chunk, ss):
+                  weight, mode, base, out, chunk, qs, ss):
     n = sizes[c]
     st = starts[c]
     s = np.float64(scales[c])
@@ -475,19 +561,33 @@ def _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps, mod
             hi = min(st + n, d) if mode == VECTOR else st + n
             for i in range(st, hi):
                 out[i] = 0.0
+        elif mode == ADD:
+            out[st:st + n] = base[st:st + n]
         return OK
     delta = np.float64(steps[c])
     K, A, freq, cum = _models(delta, models[c])
-    lut = np.empty(BINS << LUT_BITS, np.int16)
-    build_luts(cum, A, lut)
+    fs = decoder_table(freq, cum, A)
     dwords = np.empty(n, np.uint32)
     dither_words(dkeys[c], n, dwords)
-    scale = weight * s * delta / n
-    buf = out[st:st + n] if mode == ROTATED else chunk[:n]
-    e = _decode_stream(words, word_off[c], word_off[c + 1], n, K, A, freq, cum, lut,
-                       q_max(n, delta), dwords, scale, buf)
+    q = qs[:n]
+    # symbol indices fit a byte up to A = 256, which keeps the look-up table in L1 cache
+    lut = np.empty(BINS << LUT_BITS, np.uint16)
+    lut8 = lut.view(np.uint8)[:BINS << LUT_BITS]
+    w0, w1, qm = word_off[c], word_off[c + 1], q_max(n, delta)
+    if A <= 256:
+        build_luts(cum, A, lut8)
+        e = _decode_stream(words, w0, w1, n, K, A, fs, lut8, qm, dwords, q)
+    else:
+        build_luts(cum, A, lut)
+        e = _decode_stream(words, w0, w1, n, K, A, fs, lut, qm, dwords, q)
     if e != OK:
         return e
+    scale = weight * s * delta / n
+    if mode == ADD:
+        dequantize(q, dwords, scale, base[st:st + n], out[st:st + n])
+        return e
+    buf = out[st:st + n] if mode == ROTATED else chunk[:n]
+    dequantize(q, dwords, scale, buf[:0], buf)
     if mode == VECTOR:
         fwht(buf)
         store_signed(buf, st, min(n, d - st), keys[c], out)
@@ -496,9 +596,6 @@ def _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps, mod
         for i in range(n):
             acc += np.float64(buf[i]) * np.float64(buf[i])
         ss[c] = acc
-    elif mode == ADD:
-        dst = out[st:st + n]
-        dst += buf
     return e
 
 
@@ -559,11 +656,12 @@ def _append(scratch, cap_off, counts, base, words, p):
 
 @njit(nogil=True, cache=True)
 def _decode_range(c0, c1, words, word_off, d, starts, sizes, keys, scales, steps, models,
-                  dkeys, weight, mode, out, err, ss):
+                  dkeys, weight, mode, base, out, err, ss):
     chunk = np.empty(sizes[c0:c1].max(), np.float32)
+    qs = np.empty(sizes[c0:c1].max(), np.int32)
     for c in range(c0, c1):
         err[c] = _decode_chunk(c, words, word_off, d, starts, sizes, keys, scales, steps,
-                               models, dkeys, weight, mode, out, chunk, ss)
+                               models, dkeys, weight, mode, base, out, chunk, qs, ss)
 
 
 def rotate_norms(x, d, starts, sizes, keys, y):
@@ -607,8 +705,7 @@ def encode_streams(x, d, starts, sizes, keys, scales, steps, models, dkeys, caps
     write the streams one after another into ``words``. caps[c]: the most words chunk c's
     stream can take. Returns (words of each chunk's stream, words written), the latter -1
     when ``words`` is too short. Chunks are coded in batches of ~ENCODE_BATCH coordinates
-    (in parallel within a batch), so the scratch is a few MB whatever d. Two interleaved
-    states: coordinate i goes to state i % 2."""
+    (in parallel within a batch), so the scratch is a few MB whatever d."""
     C = starts.shape[0]
     counts = np.zeros(C, np.int64)
     cut = [0]
@@ -635,18 +732,20 @@ def encode_streams(x, d, starts, sizes, keys, scales, steps, models, dkeys, caps
 
 
 def decode_chunks(words, word_off, d, starts, sizes, keys, scales, steps, models, dkeys, weight,
-                  mode, out):
+                  mode, out, base=None):
     """Decode every chunk (each through one chunk buffer per thread). mode VECTOR:
     out[:d] = the decoded vector (inverse rotation included); ROTATED: out[padded] =
     weight * the decoded rotated chunks, scaled for ``unrotate``; CHECK: nothing written,
-    the streams checked; ADD: out[padded] += weight * the rotated chunks (chunk by chunk as
-    each decodes: CHECK first when out must stay untouched by a bad stream).
+    the streams checked; ADD: out[padded] = base + weight * the rotated chunks (base
+    defaults to out; chunk by chunk as each decodes, so when base is out, CHECK first if
+    out must stay untouched by a bad stream).
     Returns (the error code of each chunk, with CHECK the float64 sum of squares of each
     decoded rotated chunk, else zeros)."""
     err = np.empty(starts.shape[0], np.int64)
     ss = np.empty(starts.shape[0], np.float64)
     over_chunks(_decode_range, sizes, words, word_off, d, starts, sizes, keys, scales, steps,
-                models, dkeys, float(weight), int(mode), out, err, ss)
+                models, dkeys, float(weight), int(mode), out if base is None else base, out,
+                err, ss)
     return err, ss
 
 

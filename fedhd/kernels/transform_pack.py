@@ -370,19 +370,6 @@ def unrotate(acc, d, starts, sizes, keys, out):
 
 
 @njit(nogil=True, cache=True)
-def _add_into(c0, c1, acc, part, starts, sizes):
-    for c in range(c0, c1):
-        a = acc[starts[c]:starts[c] + sizes[c]]
-        a += part[starts[c]:starts[c] + sizes[c]]
-
-
-def add_into(acc, part, starts, sizes):
-    """acc += part (float32, padded), chunk ranges in parallel: the same additions as
-    numpy's ``acc += part``."""
-    over_chunks(_add_into, sizes, acc, part, starts, sizes)
-
-
-@njit(nogil=True, cache=True)
 def _finish(c0, c1, bounds, total, w, out):
     for i in range(bounds[c0], bounds[c1]):
         out[i] = np.float32(np.float64(total[i]) / w)

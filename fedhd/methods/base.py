@@ -60,11 +60,13 @@ class Contribution:
         raise NotImplementedError
 
     def add_to(self, acc: Any, weight: float, be: Backend,
-               scratch: dict[str, Any] | None = None) -> None:
-        """acc (padded) += weight * the rotated chunks, scaled so that ``be.unrotate`` of
-        the sum gives the weighted sum of decoded vectors. ``scratch``: a dict the caller
-        keeps beside the sum, where a method that needs a work vector leaves it for the
-        sum's next blobs (it goes when the caller drops the dict)."""
+               scratch: dict[str, Any] | None = None) -> Any:
+        """Add weight * the rotated chunks, scaled so that ``be.unrotate`` of the sum gives
+        the weighted sum of decoded vectors, to the sum acc (padded); returns the new sum:
+        acc itself, or a work vector holding acc + them (acc then becomes a work vector).
+        ``scratch``: a dict the caller keeps beside the sum, where a method that needs a
+        work vector leaves it for the sum's next blobs (it goes when the caller drops the
+        dict)."""
         raise NotImplementedError
 
 

@@ -22,7 +22,7 @@ therefore exactly unbiased; the real code length exceeds the pilot's by more tha
 0.03-bit allowance with negligible probability, and only then (never in practice at
 d >= 2**16) are the steps coarsened.
 
-Coding: a static rANS coder (``fedhd.kernels.rans``, two interleaved states per chunk) under
+Coding: a static rANS coder (``fedhd.kernels.rans``, four interleaved states per chunk) under
 the law a unit-variance model gives to q given the coordinate's dither bin (32 bins): no
 table on the wire. Model 0 is the Gaussian: exact for the worst input (at a fixed variance
 the Gaussian has the largest entropy), and most other inputs cost about as much under it
@@ -41,7 +41,8 @@ Payload (after the 31-byte common header; little-endian; 4-byte fields 4-aligned
 blob):
 
 =========================  ======================================================
-u8                         coder format (1: the model menu of ``fedhd.kernels.rans``)
+u8                         coder format (2: four rANS states and the model menu of
+                           ``fedhd.kernels.rans``; format 1, two states, is no longer read)
 u32                        reserved, zero (puts the tables on a 4-byte boundary)
 f32 x C                    chunk scales s_c (0: an all-zero chunk, nothing coded)
 f32 x C                    chunk steps delta_c (0 exactly for zero chunks)
@@ -54,7 +55,7 @@ u32 x P                    zero padding up to ceil(padded / 256) words in all
 
 The padding makes every blob hold at least one byte per 64 coordinates, so a blob's length
 bounds the vector it decodes to (and what the decoder allocates) whatever its fields say.
-For vectors so short that the header, tables and coder states (29 bytes a chunk) exceed
+For vectors so short that the header, tables and coder states (45 bytes a chunk) exceed
 R d / 2 bits, the codes still get R / 2 bits per coordinate and the blob exceeds the budget.
 """
 
@@ -71,12 +72,11 @@ import numpy as np
 from .. import rng
 from ..errors import DecodeError
 from ..kernels import rans as E
-from ..kernels.transform_pack import add_into
 from ..layout import Layout
 from ..wire import HEADER_BYTES, Header
 from .base import Contribution, Method, blob_buffer, norm_of_chunk_fields, rotated_norm
 
-MODEL_ID = 1
+CODER_FORMAT = 2  # 1: two rANS states a chunk (fedhd before December 2026), not read
 RESERVED_OFF = HEADER_BYTES + 1  # 4 reserved zero bytes: they align the tables to 4 bytes
 TABLE_OFF = RESERVED_OFF + 4  # blob offset of the chunk tables
 assert TABLE_OFF % 4 == 0, "the chunk tables must start on a 4-byte boundary of the blob"
@@ -86,7 +86,7 @@ MAG_LIMIT = 2.0**100  # decoded rotated values stay below this (float32 max is 2
 SLACK = 0.03  # bits a coordinate the blob may exceed R by (d >= 2**16; see ``encode_payload``)
 MIN_SLACK_BITS = 1024  # ... and at least this many bits for smaller d
 SAMPLE_ABOVE = 1 << 20  # the controller samples chunks of vectors at least this long
-_FLUSH_BITS = 144  # a chunk stream's cost beyond its symbols: two 64-bit final states + rounding
+_FLUSH_BITS = 64 * E.LANES + 16  # a chunk stream's cost beyond its symbols: final states + rounding
 _ERRORS = {
     E.ERR_STATE: "bad initial coder state",
     E.ERR_OVERRUN: "coder stream ran out of words",
@@ -106,8 +106,8 @@ def min_words(padded: int) -> int:
 
 def _stream_caps(sizes: np.ndarray) -> np.ndarray:
     """Most words a chunk stream can take: 16 bits a symbol, 32 more per escape (|z| > 6.5,
-    so at most n / 42 of them), and the two final states."""
-    return sizes // 2 + sizes // 32 + 6
+    so at most n / 42 of them), and the final states."""
+    return sizes // 2 + sizes // 32 + 2 * E.LANES + 2
 
 
 def _qmax(sizes: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -170,11 +170,11 @@ class _Allocation:
 
 class ECContribution(Contribution):
     """A validated hd-dither-ec blob. Its streams can only be checked by decoding them, and
-    the sum must stay untouched by a bad one, so ``add_to`` decodes into a scratch vector
-    (kept in the caller's ``scratch`` for the sum's next blobs) and adds it once every chunk
-    checked out; with
-    ``low_memory`` it decodes twice instead: a check pass, then chunk by chunk into the
-    sum (no scratch; about 1.8x the time)."""
+    the sum must stay untouched by a bad one, so ``add_to`` writes sum + this blob into a
+    work vector (kept in the caller's ``scratch``) and, once every chunk checked out, hands
+    it back as the new sum, the old sum becoming the next blob's work vector: one pass,
+    no separate addition. With ``low_memory`` it decodes twice instead: a check pass, then
+    chunk by chunk into the sum (no work vector; about 1.8x the time)."""
 
     def __init__(self, method: HDDitherEC, payload: memoryview, h: Header, layout: Layout,
                  low_memory: bool = False):
@@ -203,17 +203,21 @@ class ECContribution(Contribution):
         lay = self.layout
         if self._unit is not None:
             acc += np.float32(weight) * self._unit
-        elif self.low_memory:
+            return acc
+        if self.low_memory:
             if not self._checked:
-                self.method._run(self.parts, self.h, lay, 1.0, E.CHECK, acc)
+                self.method._run(self.parts, self.h, lay, 1.0, E.CHECK, _NOTHING)
             self.method._run(self.parts, self.h, lay, weight, E.ADD, acc)
-        else:  # the weight folded into the decode (one rounding)
-            scratch = {} if scratch is None else scratch
-            part = scratch.get(self.method.name)
-            if part is None or part.shape != (lay.padded,):
-                part = scratch[self.method.name] = np.empty(lay.padded, np.float32)
-            self.method._run(self.parts, self.h, lay, weight, E.ROTATED, part)
-            add_into(acc, part, lay.starts, lay.sizes)
+            return acc
+        # the weight folded into the decode (one rounding); acc + it lands in the work
+        # vector, which becomes the sum only if every chunk decodes
+        scratch = {} if scratch is None else scratch
+        work = scratch.get(self.method.name)
+        if work is None or work.shape != (lay.padded,):
+            work = np.empty(lay.padded, np.float32)
+        self.method._run(self.parts, self.h, lay, weight, E.ADD, work, base=acc)
+        scratch[self.method.name] = acc
+        return work
 
 
 _NOTHING = np.empty(0, np.float32)  # the ``out`` of a CHECK pass, which writes nothing
@@ -293,7 +297,7 @@ class HDDitherEC(Method):
 
         nw = max(nw, min_words(padded))
         out = payload[:_P + T + 4 * nw]
-        out[0] = MODEL_ID
+        out[0] = CODER_FORMAT
         out[_P:_P + 4 * C] = scales.astype("<f4").view(np.uint8)
         out[_P + 4 * C:_P + 8 * C] = steps.astype("<f4").view(np.uint8)
         out[_P + 8 * C:_P + 12 * C] = counts.astype("<u4").view(np.uint8)
@@ -369,8 +373,9 @@ class HDDitherEC(Method):
             raise DecodeError(
                 f"blob is truncated: {len(blob)} bytes, a {self.name} blob of length {h.d} "
                 f"takes at least {least}")
-        if blob[HEADER_BYTES] != MODEL_ID:
-            raise DecodeError(f"unknown {self.name} model id {blob[HEADER_BYTES]}")
+        if blob[HEADER_BYTES] != CODER_FORMAT:
+            raise DecodeError(f"unsupported {self.name} coder format {blob[HEADER_BYTES]} "
+                              f"(this fedhd writes and reads format {CODER_FORMAT})")
         if struct.unpack_from("<I", blob, RESERVED_OFF)[0] != 0:
             raise DecodeError(f"reserved bytes of a {self.name} blob must be zero")
         counts = np.frombuffer(blob, "<u4", C, TABLE_OFF + 8 * C)
@@ -401,7 +406,7 @@ class HDDitherEC(Method):
         n = sizes[act]
         if (scales[act] * st * (_qmax(n, st) + 1) > MAG_LIMIT).any():
             raise DecodeError("chunk scale and step overflow the decoded range")
-        if ((counts[act] < 4) | (counts[act] > _stream_caps(n))).any():
+        if ((counts[act] < 2 * E.LANES) | (counts[act] > _stream_caps(n))).any():
             raise DecodeError("a chunk stream length is impossible for its chunk size")
         W = int(counts.sum())
         area = np.frombuffer(payload, "<u4", (len(payload) - _P - T) // 4, _P + T)
@@ -415,15 +420,18 @@ class HDDitherEC(Method):
         return scales, steps, models, off, words
 
     def _run(self, parts: tuple[np.ndarray, ...], h: Header, layout: Layout, weight: float,
-             mode: int, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+             mode: int, out: np.ndarray, base: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
         """Decode the blob whose ``_parse`` is ``parts`` in ``mode`` (``rans.VECTOR``,
-        ``ROTATED``, ``CHECK``, ``ADD``: see ``rans.decode_chunks``) into out; returns (out,
-        the chunks' sums of squares with CHECK). DecodeError for a bad stream."""
+        ``ROTATED``, ``CHECK``, ``ADD`` onto ``base``, default out: see
+        ``rans.decode_chunks``) into out; returns (out, the chunks' sums of squares with
+        CHECK). DecodeError for a bad stream."""
         scales, steps, models, off, words = parts
         C = layout.chunks
         err, ss = E.decode_chunks(
             words, off, h.d, layout.starts, layout.sizes, rng.sign_keys(h.seed, C), scales,
             steps, models, rng.coordinate_dither_keys(h.dither_seed, C), float(weight), mode, out,
+            base,
         )
         bad = np.flatnonzero(err)
         if bad.size:

@@ -40,9 +40,10 @@ class TableContribution(Contribution):
         self.max_abs = float(np.abs(tables).max(initial=0.0))
 
     def add_to(self, acc: Any, weight: float, be: Backend,
-               scratch: dict[str, Any] | None = None) -> None:
+               scratch: dict[str, Any] | None = None) -> Any:
         be.lookup_rotated(self.codes, self.layout, self.tables, self.bits, self.off, weight,
                           acc)
+        return acc
 
     def norm(self) -> float:
         acc = np.zeros(self.layout.padded, np.float32)
