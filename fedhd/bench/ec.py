@@ -96,7 +96,7 @@ def _constriction(x: np.ndarray, blob: bytes, chunks: int) -> None:
         their_bits += 32.0 * comp.size
         n_sym += sym.size
     print(f"constriction on the same {n_sym} symbols and model: {their_bits / n_sym:.4f} "
-          f"bits/symbol (ours {ours_bits / n_sym:.4f}, escapes and {E.LANES} flushed states "
+          f"bits/symbol (ours {ours_bits / n_sym:.4f}, escapes and flushed states "
           f"a chunk included); ANS alone, one thread: encode "
           f"{1e9 * their_enc / n_sym:.1f} ns/symbol, decode {1e9 * their_dec / n_sym:.1f} "
           f"ns/symbol")

@@ -27,14 +27,17 @@ stream's end check turns it into a DecodeError, never into a wrong vector.
 An escaped q follows its ESC symbol as two uniform 16-bit halves (low, then high) of its
 32-bit zigzag code, on the same coder state.
 
-rANS (Duda; the "rans64" layout of F. Giesen), LANES = 4 interleaved states per chunk,
-coordinate i on state i % 4: each state x in [L, L * 2**32) with L = 2**31, 32-bit words.
-Encoding runs over the coordinates backwards and emits words towards lower addresses; the
-final states are stored at the front of the stream as eight words (x0 low, x0 high, x1 low,
-..., x3 high), so the decoder reads words forwards. A well-formed stream ends exactly at its
-last word with every state back at L: the decoder checks them all. (Coder format 1 had two
-states; four let the decoder overlap twice as many independent dependency chains: 17%
-faster decoding, 21% faster coding, 16 more bytes a chunk.)
+rANS (Duda; the "rans64" layout of F. Giesen) with m interleaved states per chunk,
+coordinate i on state i % m: m = LANES = 4 for chunks of at least LANES_MIN_CHUNK = 4096
+coordinates, m = 2 for shorter ones (``lanes``). Each state x lies in [L, L * 2**32) with
+L = 2**31, 32-bit words. Encoding runs over the coordinates backwards and emits words
+towards lower addresses; the final states are stored at the front of the stream as 2m words
+(x0 low, x0 high, x1 low, ...), so the decoder reads words forwards. A well-formed stream
+ends exactly at its last word with every state back at L: the decoder checks them all.
+(Coder format 1 had two states in every chunk. Four let the coder overlap twice as many
+independent dependency chains, ~20% faster each way, for 16 more bytes of final states a
+chunk: nothing at 2**16 coordinates, but 6% of a 1024-coordinate chunk's budget at R = 2,
+hence two below 4096.)
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ T_MODEL = 6.5
 MODELS = 2  # the law of z the coder assumes, chosen per chunk (``_cdf``)
 MIX_INV_S1 = 1.224744871391589  # sqrt(3 / 2): 1 / the narrow component's standard deviation
 ANS_L = 1 << 31
-LANES = 4  # interleaved coder states per chunk: coordinate i goes to state i % LANES
+LANES = 4  # interleaved coder states of a long chunk (``lanes``)
+LANES_MIN_CHUNK = 1 << 12  # chunks shorter than this have 2 states
 MIN_STEP = 2.0**-8
 MAX_STEP = 2.0**20
 
@@ -85,6 +89,17 @@ def half_width(delta):
 def q_max(n, delta):
     """The largest |q| a chunk of n coordinates can produce (|z| <= sqrt(n))."""
     return int(1.001 * math.sqrt(n) / delta) + 2
+
+
+@njit(inline="always", cache=True)
+def lanes(n):
+    """Interleaved coder states of a chunk of n coordinates (coordinate i on state i % m)."""
+    return LANES if n >= LANES_MIN_CHUNK else 2
+
+
+def chunk_lanes(sizes):
+    """``lanes`` of every chunk (numpy)."""
+    return np.where(sizes >= LANES_MIN_CHUNK, LANES, 2)
 
 
 @njit(inline="always", cache=True)
@@ -183,6 +198,12 @@ def dither_words(key, n, out):
         out[2 * p + 1] = np.uint32(w >> np.uint64(32))
 
 
+@njit(inline="always", cache=True)
+def _uniform(k):
+    """u = (k + 1/2) 2**-32: the dither of 32-bit word k, uniform on 2**32 midpoints."""
+    return (np.float64(k) + 0.5) * 2.3283064365386963e-10
+
+
 @njit(cache=True)
 def chunk_symbols(b, words, inv, K, out):
     """out[i] = bin_i * A + j_i, the flat model index of coordinate i, negated minus one for
@@ -191,8 +212,7 @@ def chunk_symbols(b, words, inv, K, out):
     top = 2 * K
     for i in range(b.shape[0]):
         k = words[i]
-        u = (np.float64(k) + 0.5) * 2.3283064365386963e-10
-        j = np.int64(math.floor(np.float64(b[i]) * inv + (0.5 - u))) + K
+        j = np.int64(math.floor(np.float64(b[i]) * inv + (0.5 - _uniform(k)))) + K
         t = np.int64(k >> np.uint32(32 - BIN_BITS)) * A
         if j < 0 or j > top:
             out[i] = -(t + top + 1) - 1
@@ -203,8 +223,7 @@ def chunk_symbols(b, words, inv, K, out):
 @njit(inline="always", cache=True)
 def quantize(v, inv, k):
     """q of a coordinate (as in ``chunk_symbols``), for escapes."""
-    u = (np.float64(k) + 0.5) * 2.3283064365386963e-10
-    return np.int64(math.floor(np.float64(v) * inv + (0.5 - u)))
+    return np.int64(math.floor(np.float64(v) * inv + (0.5 - _uniform(k))))
 
 
 # -- per-chunk work ----------------------------------------------------------------------------
@@ -381,10 +400,21 @@ def _push_any(x, sym, i, b, inv, words, rows, scratch, ptr):
 
 
 @njit(cache=True)
+def _push_pairs(sym, b, inv, words, rows, scratch, ptr):
+    """Push every coordinate of a short chunk, coordinate i on state i % 2, from the last
+    (escapes allowed): (x0, x1, ptr)."""
+    x0 = x1 = _L
+    for i in range(sym.shape[0] - 2, -1, -2):
+        x1, ptr = _push_any(x1, sym, i + 1, b, inv, words, rows, scratch, ptr)
+        x0, ptr = _push_any(x0, sym, i, b, inv, words, rows, scratch, ptr)
+    return x0, x1, ptr
+
+
+@njit(cache=True)
 def _push_plain(sym, rows, scratch, ptr):
-    """Push every coordinate of a chunk without escapes, coordinate i on state i % 4, from
-    the last: (x0, x1, x2, x3, ptr). The states are pushed one after another in the loop
-    body (``_push`` is inlined), so the compiler overlaps their dependency chains."""
+    """Push every coordinate of a long chunk without escapes, coordinate i on state i % 4,
+    from the last: (x0, x1, x2, x3, ptr). The states are pushed one after another in the
+    loop body (``_push`` is inlined), so the compiler overlaps their dependency chains."""
     x0 = x1 = x2 = x3 = _L
     for i in range(sym.shape[0] - LANES, -1, -LANES):
         x3, ptr = _push(x3, sym[i + 3], rows, scratch, ptr)
@@ -406,6 +436,14 @@ def _push_escaped(sym, b, inv, words, rows, scratch, ptr):
     return x0, x1, x2, x3, ptr
 
 
+@njit(inline="always", cache=True)
+def _flush(x, scratch, p):
+    """Store final state x as the two words below p (low word first); returns the new p."""
+    scratch[p - 1] = np.uint32(x >> _S32)
+    scratch[p - 2] = np.uint32(x & _U32)
+    return p - 2
+
+
 @njit(cache=True)
 def _encode_chunk(c, b, scales, steps, models, dkeys, scratch, end):
     """rANS-code rotated chunk c (values b) into scratch, its stream ending at ``end``;
@@ -414,17 +452,16 @@ def _encode_chunk(c, b, scales, steps, models, dkeys, scratch, end):
     K, A, freq, cum = _models(np.float64(steps[c]), models[c])
     rows = _encoder_table(freq, cum, A)
     words, sym, inv = _chunk_symbols(c, b, scales, steps, dkeys, K, n)
+    ptr = np.uint64(end)
+    if lanes(n) == 2:
+        x0, x1, ptr = _push_pairs(sym, b, inv, words, rows, scratch, ptr)
+        return end - _flush(x0, scratch, _flush(x1, scratch, np.int64(ptr)))
     if sym.min() < 0:  # an escape
-        x0, x1, x2, x3, ptr = _push_escaped(sym, b, inv, words, rows, scratch, np.uint64(end))
+        x0, x1, x2, x3, ptr = _push_escaped(sym, b, inv, words, rows, scratch, ptr)
     else:
-        x0, x1, x2, x3, ptr = _push_plain(sym, rows, scratch, np.uint64(end))
-    p = np.int64(ptr)
-    for x in (x3, x2, x1, x0):
-        p -= 1
-        scratch[p] = np.uint32(x >> _S32)
-        p -= 1
-        scratch[p] = np.uint32(x & _U32)
-    return end - p
+        x0, x1, x2, x3, ptr = _push_plain(sym, rows, scratch, ptr)
+    p = _flush(x3, scratch, np.int64(ptr))
+    return end - _flush(x0, scratch, _flush(x1, scratch, _flush(x2, scratch, p)))
 
 
 @njit(cache=True)
@@ -475,28 +512,68 @@ def _pop(x, k, lut, fs, row, esc, words, up, last, end, K, qmax):
     return x, up, np.int64(j) - K, OK
 
 
+@njit(inline="always", cache=True)
+def _state(words, p, j):
+    """Initial state j of the stream at p (its words 2j, 2j + 1: low, high)."""
+    return np.uint64(words[p + 2 * j]) | (np.uint64(words[p + 2 * j + 1]) << _S32)
+
+
+@njit(inline="always", cache=True)
+def _finish(up, end, at_l):
+    """The error code of a stream whose decode stopped at word ``up``: it must end exactly
+    at ``end`` with every state back at L (``at_l``)."""
+    if up > np.uint64(end):
+        return ERR_OVERRUN
+    if up != np.uint64(end) or not at_l:
+        return ERR_END
+    return OK
+
+
 @njit(cache=True)
 def _decode_stream(words, p, end, n, K, A, fs, lut, qmax, dwords, qs):
     """Decode one stream into qs[i] = q_i (``dequantize`` turns them into values); returns
     an error code."""
-    if end - p < 2 * LANES:
+    m = lanes(n)
+    if end - p < 2 * m:
         return ERR_OVERRUN
-    top = _L << _S32
-    for j in range(LANES):
-        x = np.uint64(words[p + 2 * j]) | (np.uint64(words[p + 2 * j + 1]) << _S32)
-        if x < _L or x >= top:
+    for j in range(m):
+        x = _state(words, p, j)
+        if x < _L or x >= (_L << _S32):
             return ERR_STATE
-    x0 = np.uint64(words[p]) | (np.uint64(words[p + 1]) << _S32)
-    x1 = np.uint64(words[p + 2]) | (np.uint64(words[p + 3]) << _S32)
-    x2 = np.uint64(words[p + 4]) | (np.uint64(words[p + 5]) << _S32)
-    x3 = np.uint64(words[p + 6]) | (np.uint64(words[p + 7]) << _S32)
     esc = np.uint64(A - 1)
     row = np.uint64(A + 1)
-    up = np.uint64(p + 2 * LANES)
+    if m == 2:
+        return _decode_pairs(words, p, end, n, K, fs, lut, qmax, dwords, qs, esc, row)
+    return _decode_fours(words, p, end, n, K, fs, lut, qmax, dwords, qs, esc, row)
+
+
+@njit(cache=True)
+def _decode_pairs(words, p, end, n, K, fs, lut, qmax, dwords, qs, esc, row):
+    """The two states of a short chunk's stream."""
+    x0, x1 = _state(words, p, 0), _state(words, p, 1)
+    up = np.uint64(p + 4)
     last = np.uint64(end - 1)
-    # the states are popped one after another in the loop body (inlined), so the
-    # compiler overlaps their independent dependency chains
-    for i in range(0, n, LANES):
+    for i in range(0, n, 2):
+        x0, up, qs[i], e = _pop(x0, dwords[i], lut, fs, row, esc, words, up, last, end, K,
+                                qmax)
+        if e != OK:
+            return e
+        x1, up, qs[i + 1], e = _pop(x1, dwords[i + 1], lut, fs, row, esc, words, up, last,
+                                    end, K, qmax)
+        if e != OK:
+            return e
+    return _finish(up, end, x0 == _L and x1 == _L)
+
+
+@njit(cache=True)
+def _decode_fours(words, p, end, n, K, fs, lut, qmax, dwords, qs, esc, row):
+    """The four states of a long chunk's stream, popped one after another in the loop body
+    (``_pop`` is inlined), so the compiler overlaps their dependency chains."""
+    x0, x1 = _state(words, p, 0), _state(words, p, 1)
+    x2, x3 = _state(words, p, 2), _state(words, p, 3)
+    up = np.uint64(p + 8)
+    last = np.uint64(end - 1)
+    for i in range(0, n, 4):
         x0, up, qs[i], e = _pop(x0, dwords[i], lut, fs, row, esc, words, up, last, end, K,
                                 qmax)
         if e != OK:
@@ -513,34 +590,30 @@ def _decode_stream(words, p, end, n, K, A, fs, lut, qmax, dwords, qs):
                                     end, K, qmax)
         if e != OK:
             return e
-    if up > np.uint64(end):
-        return ERR_OVERRUN
-    if up != np.uint64(end) or x0 != _L or x1 != _L or x2 != _L or x3 != _L:
-        return ERR_END
-    return OK
+    return _finish(up, end, x0 == _L and x1 == _L and x2 == _L and x3 == _L)
+
+
+@njit(inline="always", cache=True)
+def _value(q, k, scale):
+    """float32((q + u) * scale), u the dither of 32-bit word k (``_uniform``)."""
+    return np.float32((np.float64(q) + _uniform(k)) * scale)
 
 
 @njit(cache=True)
 def dequantize(qs, dwords, scale, base, out):
-    """v_i = float32((q_i + u_i) * scale), u_i = (k_i + 1/2) 2**-32 the dither of word k_i:
-    out[i] = v_i; with a base (not empty), out[i] = base[i] + v_i; given out itself as base,
-    out[i] += v_i (its own loop: the compiler vectorizes it only when it can see that the
-    arrays it writes and reads are the same or disjoint)."""
+    """v_i = the value of q_i with dither word k_i at ``scale`` (``_value``): out[i] = v_i;
+    with a base (not empty), out[i] = base[i] + v_i; given out itself as base,
+    out[i] += v_i (its own loop: the compiler vectorizes a loop only when it can see that
+    the arrays it writes and reads are the same or disjoint)."""
     if base.shape[0] == 0:
         for i in range(qs.shape[0]):
-            out[i] = np.float32(
-                (np.float64(qs[i]) + (np.float64(dwords[i]) + 0.5) * 2.3283064365386963e-10)
-                * scale)
+            out[i] = _value(qs[i], dwords[i], scale)
     elif base.ctypes.data == out.ctypes.data:
         for i in range(qs.shape[0]):
-            out[i] += np.float32(
-                (np.float64(qs[i]) + (np.float64(dwords[i]) + 0.5) * 2.3283064365386963e-10)
-                * scale)
+            out[i] += _value(qs[i], dwords[i], scale)
     else:
         for i in range(qs.shape[0]):
-            out[i] = base[i] + np.float32(
-                (np.float64(qs[i]) + (np.float64(dwords[i]) + 0.5) * 2.3283064365386963e-10)
-                * scale)
+            out[i] = base[i] + _value(qs[i], dwords[i], scale)
 
 
 #: Decoder modes (``decode_chunks``): the vector; weight x its rotated chunks into out;

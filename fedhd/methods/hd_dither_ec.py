@@ -22,7 +22,8 @@ therefore exactly unbiased; the real code length exceeds the pilot's by more tha
 0.03-bit allowance with negligible probability, and only then (never in practice at
 d >= 2**16) are the steps coarsened.
 
-Coding: a static rANS coder (``fedhd.kernels.rans``, four interleaved states per chunk) under
+Coding: a static rANS coder (``fedhd.kernels.rans``, four interleaved states per chunk, two in
+chunks under 4096 coordinates) under
 the law a unit-variance model gives to q given the coordinate's dither bin (32 bins): no
 table on the wire. Model 0 is the Gaussian: exact for the worst input (at a fixed variance
 the Gaussian has the largest entropy), and most other inputs cost about as much under it
@@ -41,8 +42,9 @@ Payload (after the 31-byte common header; little-endian; 4-byte fields 4-aligned
 blob):
 
 =========================  ======================================================
-u8                         coder format (2: four rANS states and the model menu of
-                           ``fedhd.kernels.rans``; format 1, two states, is no longer read)
+u8                         coder format (2: four rANS states, two under 4096
+                           coordinates, and the model menu of ``fedhd.kernels.rans``;
+                           format 1, two states everywhere, is no longer read)
 u32                        reserved, zero (puts the tables on a 4-byte boundary)
 f32 x C                    chunk scales s_c (0: an all-zero chunk, nothing coded)
 f32 x C                    chunk steps delta_c (0 exactly for zero chunks)
@@ -55,7 +57,7 @@ u32 x P                    zero padding up to ceil(padded / 256) words in all
 
 The padding makes every blob hold at least one byte per 64 coordinates, so a blob's length
 bounds the vector it decodes to (and what the decoder allocates) whatever its fields say.
-For vectors so short that the header, tables and coder states (45 bytes a chunk) exceed
+For vectors so short that the header, tables and coder states (29 bytes a chunk) exceed
 R d / 2 bits, the codes still get R / 2 bits per coordinate and the blob exceeds the budget.
 """
 
@@ -76,7 +78,7 @@ from ..layout import Layout
 from ..wire import HEADER_BYTES, Header
 from .base import Contribution, Method, blob_buffer, norm_of_chunk_fields, rotated_norm
 
-CODER_FORMAT = 2  # 1: two rANS states a chunk (fedhd before December 2026), not read
+CODER_FORMAT = 2  # 1: two rANS states in every chunk (fedhd before December 2026), not read
 RESERVED_OFF = HEADER_BYTES + 1  # 4 reserved zero bytes: they align the tables to 4 bytes
 TABLE_OFF = RESERVED_OFF + 4  # blob offset of the chunk tables
 assert TABLE_OFF % 4 == 0, "the chunk tables must start on a 4-byte boundary of the blob"
@@ -86,7 +88,6 @@ MAG_LIMIT = 2.0**100  # decoded rotated values stay below this (float32 max is 2
 SLACK = 0.03  # bits a coordinate the blob may exceed R by (d >= 2**16; see ``encode_payload``)
 MIN_SLACK_BITS = 1024  # ... and at least this many bits for smaller d
 SAMPLE_ABOVE = 1 << 20  # the controller samples chunks of vectors at least this long
-_FLUSH_BITS = 64 * E.LANES + 16  # a chunk stream's cost beyond its symbols: final states + rounding
 _ERRORS = {
     E.ERR_STATE: "bad initial coder state",
     E.ERR_OVERRUN: "coder stream ran out of words",
@@ -107,7 +108,12 @@ def min_words(padded: int) -> int:
 def _stream_caps(sizes: np.ndarray) -> np.ndarray:
     """Most words a chunk stream can take: 16 bits a symbol, 32 more per escape (|z| > 6.5,
     so at most n / 42 of them), and the final states."""
-    return sizes // 2 + sizes // 32 + 2 * E.LANES + 2
+    return sizes // 2 + sizes // 32 + 2 * E.chunk_lanes(sizes) + 2
+
+
+def _flush_bits(sizes: np.ndarray) -> np.ndarray:
+    """A chunk stream's cost beyond its symbols: its 64-bit final states, and rounding."""
+    return 64 * E.chunk_lanes(sizes) + 16
 
 
 def _qmax(sizes: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -258,8 +264,8 @@ class HDDitherEC(Method):
 
         R = float(h.bits)
         fixed_bits = 8 * (TABLE_OFF + table_bytes(C))
-        active = int((scales > 0).sum())
-        budget = max(math.floor(R * d) - fixed_bits, 0.5 * R * padded + _FLUSH_BITS * active)
+        flush = int(_flush_bits(sizes)[scales > 0].sum())
+        budget = max(math.floor(R * d) - fixed_bits, 0.5 * R * padded + flush)
         cap = fixed_bits + budget + max(SLACK * d, MIN_SLACK_BITS)
         alloc = _Allocation(scales, sizes)
         # the steps depend on x and the rotation only, never on the dither: exactly unbiased
@@ -325,7 +331,7 @@ class HDDitherEC(Method):
         C = layout.chunks
         if not alloc.active.any():
             return alloc.theta_hi, np.zeros(C, np.float32), np.zeros(C, np.uint8), 0
-        flush = _FLUSH_BITS * int(alloc.active.sum())
+        flush = int(_flush_bits(layout.sizes)[alloc.active].sum())
 
         def measured(theta: float) -> tuple[np.ndarray, np.ndarray, float]:
             steps = alloc.steps(theta)
@@ -406,7 +412,7 @@ class HDDitherEC(Method):
         n = sizes[act]
         if (scales[act] * st * (_qmax(n, st) + 1) > MAG_LIMIT).any():
             raise DecodeError("chunk scale and step overflow the decoded range")
-        if ((counts[act] < 2 * E.LANES) | (counts[act] > _stream_caps(n))).any():
+        if ((counts[act] < 2 * E.chunk_lanes(n)) | (counts[act] > _stream_caps(n))).any():
             raise DecodeError("a chunk stream length is impossible for its chunk size")
         W = int(counts.sum())
         area = np.frombuffer(payload, "<u4", (len(payload) - _P - T) // 4, _P + T)
