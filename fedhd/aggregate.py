@@ -49,7 +49,7 @@ class Aggregator:
         "cuda" or "cuda:N": sum methods with device kernels (hd-dither, eden, ...) on that
         GPU and return ``mean()`` there as a torch tensor (``fedhd.backend``).
     low_memory : bool (default: False)
-        Add entropy-coded blobs (hd-dither-ec) without a scratch vector of d floats: each
+        Add entropy-coded blobs (hd-dither-ec) without a work vector of d floats: each
         is decoded twice, once to check its streams and once into the sum (about 1.8x
         the decode time). The sum is the same bit for bit; with ``max_norm`` the measured
         norm may differ in its last bits (another summation order) and the blob goes in

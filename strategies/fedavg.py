@@ -79,7 +79,7 @@ class CompressedFedAvg(FedAvg):
         residual of what its blobs left out and adds it to its next update. None: on for
         the biased methods (topk, scaled-sign, powersgd, turboquant, fp16), off otherwise.
     low_memory : bool (default: False)
-        Check and add hd-dither-ec replies without a scratch vector of the model's size
+        Check and add hd-dither-ec replies without a work vector of the model's size
         (each is decoded twice: about 1.8x the server's decode time).
     **fedavg_kwargs
         Any other keyword: a ``flwr.serverapp.strategy.FedAvg`` argument (fraction_train,

@@ -151,7 +151,7 @@ class RoundCompressor:
         ones. Sent to the nodes as ``fedhd.error-feedback`` in every train config.
     low_memory : bool (default: False)
         The round's ``fedhd.Aggregator(low_memory=...)``: entropy-coded replies
-        (hd-dither-ec) are checked and added without a scratch vector of the model's size,
+        (hd-dither-ec) are checked and added without a work vector of the model's size,
         decoding each twice.
     """
 
