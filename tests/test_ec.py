@@ -432,6 +432,43 @@ def test_fuzz(data):
     assert (budget | same_chunks | seeds_crc_tables).all(), (kind, diff)
 
 
+def _fwht64(v: np.ndarray) -> np.ndarray:
+    """The textbook Walsh-Hadamard transform (Sylvester order) in float64."""
+    v = v.astype(np.float64).copy()
+    h = 1
+    while h < v.size:
+        v = v.reshape(-1, 2, h)
+        v = np.stack([v[:, 0] + v[:, 1], v[:, 0] - v[:, 1]], axis=1).reshape(-1)
+        h *= 2
+    return v
+
+
+def test_the_controllers_sample_is_the_rotations_first_coordinates():
+    """Large inputs: the rate controller's sample of a chunk (its first n / 8 rotated
+    coordinates) comes from H_(n/8) of the sum of D x's eight blocks, not from a full
+    rotation. It must be those coordinates, as accurate as the full float32 rotation
+    (against a float64 reference), with the chunk's ||H D x||^2 = n ||x||^2."""
+    d = (1 << 17) + 4096 + 100  # two sampled chunks, one of 4096 sampled, small ones not
+    lay = make_layout(d, 16)
+    keys = rng.sign_keys(5, lay.chunks)
+    x = gauss(d, 12)
+    shift = np.where(lay.sizes >= 1 << 12, 3, 0).astype(np.int64)
+    ss, sample, off = E.rotate_sample(x, d, lay.starts, lay.sizes, keys, shift)
+    full = np.empty(lay.padded, np.float32)
+    ss_full = E.rotate_norms(x, d, lay.starts, lay.sizes, keys, full)
+    np.testing.assert_allclose(ss, ss_full, rtol=1e-6)
+    for c in range(lay.chunks):
+        n, st = int(lay.sizes[c]), int(lay.starts[c])
+        m = n >> int(shift[c])
+        signed = np.zeros(n)
+        real = min(n, d - st)
+        signed[:real] = rng.signs(int(keys[c]), n)[:real] * x[st:st + real]
+        ref = _fwht64(signed)[:m]
+        err_sample = np.abs(sample[off[c]:off[c] + m] - ref).max()
+        err_full = np.abs(full[st:st + m] - ref).max()
+        assert err_sample <= 2 * err_full + 1e-6 * np.abs(ref).max(), (c, err_sample, err_full)
+
+
 def test_decode_rotated_matches_decode():
     x = gauss(3000, 8)
     blob = enc(x, bits=2.5, seed=4)

@@ -52,7 +52,7 @@ from numba.extending import intrinsic
 
 from ..rng import splitmix_nb
 from .threads import over_chunks
-from .transform_pack import fwht, rotate_chunk, store_signed
+from .transform_pack import fwht, load_signed, rotate_chunk, store_signed
 
 PREC = 16
 M = 1 << PREC
@@ -232,13 +232,19 @@ def quantize(v, inv, k):
 @njit(cache=True)
 def _rotate_chunk(c, x, d, starts, sizes, keys, b):
     """b[:n] = H D x of chunk c (n = sizes[c]); returns ||b||^2 (float64)."""
-    n = sizes[c]
     rotate_chunk(x, d, starts[c], keys[c], b)
+    return _sum_squares(b[:sizes[c]])
+
+
+@njit(cache=True)
+def _sum_squares(b):
+    """sum_i b_i^2 in float64 over 4 running sums (len(b) a multiple of 4): the same
+    additions in the same order on every machine."""
     a0 = 0.0
     a1 = 0.0
     a2 = 0.0
     a3 = 0.0
-    for i in range(0, n, 4):
+    for i in range(0, b.shape[0], 4):
         v0 = np.float64(b[i])
         v1 = np.float64(b[i + 1])
         v2 = np.float64(b[i + 2])
@@ -685,10 +691,23 @@ def _rotate_range(c0, c1, x, d, starts, sizes, keys, y, out):
 def _sample_range(c0, c1, x, d, starts, sizes, keys, shift, sample, sample_off, out):
     buf = np.empty(sizes[c0:c1].max(), np.float32)
     for c in range(c0, c1):
-        b = buf[:sizes[c]]
-        out[c] = _rotate_chunk(c, x, d, starts, sizes, keys, b)
-        m = sizes[c] >> shift[c]
-        sample[sample_off[c]:sample_off[c] + m] = b[:m]
+        n = sizes[c]
+        m = n >> shift[c]
+        b = buf[:n]
+        s = sample[sample_off[c]:sample_off[c] + m]
+        if m == n:
+            out[c] = _rotate_chunk(c, x, d, starts, sizes, keys, b)
+            s[:] = b
+            continue
+        # H_n = H_(n/m) (x) H_m (Sylvester order): the first m outputs of H_n y are H_m of
+        # the sum of y's n/m blocks of m, so the sample needs an FWHT of m, not of n; and
+        # ||H_n D x||^2 = n ||x||^2 (float64 squares of float32 values are exact)
+        load_signed(x, starts[c], min(n, d - starts[c]), keys[c], b)
+        out[c] = _sum_squares(b) * n
+        s[:] = b[:m]
+        for k in range(1, n // m):
+            s += b[k * m:(k + 1) * m]
+        fwht(s)
 
 
 @njit(nogil=True, cache=True)
@@ -759,7 +778,7 @@ def measure(y, starts, sizes, scales, steps, dkeys, shift=None):
 def rotate_sample(x, d, starts, sizes, keys, shift):
     """||H D x_c||^2 per chunk, and the first sizes[c] >> shift[c] rotated coordinates of
     each chunk, one after another: (norms, sample, sample_starts). Only the sample is kept,
-    chunk by chunk, so a large x costs 1 / 2**shift of its size here."""
+    and a sampled chunk costs one pass over x and an FWHT of the sample's length."""
     counts = sizes >> shift
     sample_off = np.zeros(starts.shape[0], np.int64)
     np.cumsum(counts[:-1], out=sample_off[1:])
