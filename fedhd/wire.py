@@ -22,12 +22,16 @@ bit-flipped blobs raise ``DecodeError``.
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import DecodeError
 from .layout import MAX_D, MAX_LOG2_CHUNK, MIN_LOG2_CHUNK
+
+try:  # the same CRC-32 as zlib's, ~6x faster (ISA-L's carry-less-multiply kernel)
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - isal is a dependency; a --no-deps install
+    from zlib import crc32
 
 MAGIC = b"FH"
 VERSION = 1
@@ -68,7 +72,7 @@ def write_header(buf: bytearray | memoryview, h: Header) -> None:
 def _crc(blob: bytes | bytearray | memoryview) -> int:
     """CRC-32 over the header fields before the CRC, then the payload."""
     mv = memoryview(blob)
-    return zlib.crc32(mv[HEADER_BYTES:], zlib.crc32(mv[:_CRC_OFFSET]))
+    return crc32(mv[HEADER_BYTES:], crc32(mv[:_CRC_OFFSET]))
 
 
 def seal(buf: bytearray) -> bytes:

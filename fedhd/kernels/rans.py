@@ -168,11 +168,11 @@ def build_luts(cum, A, lut):
     for b in range(BINS):
         crow = b * (A + 1)
         base = b << LUT_BITS
+        k0 = 0
         for j in range(A):
-            k0 = (cum[crow + j] + (1 << LUT_SHIFT) - 1) >> LUT_SHIFT
             k1 = (cum[crow + j + 1] + (1 << LUT_SHIFT) - 1) >> LUT_SHIFT
-            for k in range(k0, k1):
-                lut[base + k] = j
+            lut[base + k0:base + k1] = j
+            k0 = k1
 
 
 @njit(cache=True)
