@@ -206,8 +206,8 @@ class Aggregator:
             if single:
                 (seed, log2_chunk, _), (_, acc, _, _) = sums[0]
                 layout = make_layout(self.d, log2_chunk)
-                be.unrotate(acc, layout, sign_keys(seed, layout.chunks), target)
-                be.finish(target, self.total_weight, target)
+                be.unrotate(acc, layout, sign_keys(seed, layout.chunks), target,
+                            self.total_weight)
             else:
                 total = be.zeros(self.d, np.float64)
                 for (seed, log2_chunk, _), (acc_be, acc, _, _) in sums:

@@ -77,9 +77,11 @@ class Backend:
         """acc (padded) += weight * tables_c[code], in the rotated domain."""
         raise NotImplementedError
 
-    def unrotate(self, acc: Any, layout: Layout, keys: np.ndarray, out: Any) -> None:
-        """out[:d] = D H acc chunk by chunk; acc (padded) is left as it was, and ``out``
-        may be acc[:d] itself."""
+    def unrotate(self, acc: Any, layout: Layout, keys: np.ndarray, out: Any,
+                 weight: float = 1.0) -> None:
+        """out[:d] = D H acc chunk by chunk, divided by ``weight`` as ``finish`` divides
+        (float32 of the float64 quotient; 1: no division); acc (padded) is left as it
+        was, and ``out`` may be acc[:d] itself."""
         raise NotImplementedError
 
     def accumulate(self, total: Any, part: Any) -> None:
@@ -180,8 +182,8 @@ class CpuBackend(Backend):
         K.lookup_rotated(codes, layout.starts, layout.sizes, tables, bits, code_off,
                          np.float32(weight), acc)
 
-    def unrotate(self, acc, layout, keys, out):
-        K.unrotate(acc, layout.d, layout.starts, layout.sizes, keys, out)
+    def unrotate(self, acc, layout, keys, out, weight=1.0):
+        K.unrotate(acc, layout.d, layout.starts, layout.sizes, keys, out, weight)
 
     def accumulate(self, total, part):
         total += part

@@ -419,9 +419,11 @@ class CudaBackend(Backend):
     def lookup_rotated(self, codes, layout, tables, bits, code_off, weight, acc):
         lookup_rotated(codes, layout, tables, bits, code_off, weight, acc)
 
-    def unrotate(self, acc, layout, keys, out):
+    def unrotate(self, acc, layout, keys, out, weight=1.0):
         # the kernels overwrite their input: work on a copy (acc stays; out may alias it)
         unrotate(copy(acc), layout, keys, out)
+        if weight != 1.0:
+            self.finish(out, weight, out)
 
     def accumulate(self, total, part):
         # a host part keeps its precision (the float64 sum of directly decoded vectors)

@@ -352,21 +352,27 @@ def lookup_rotated(codes, starts, sizes, tables, bits, code_off, weight, acc):
 
 
 @njit(nogil=True, cache=True)
-def _unrotate(c0, c1, acc, d, starts, sizes, keys, out):
+def _unrotate(c0, c1, acc, d, starts, sizes, keys, w, out):
     buf = np.empty(sizes[c0:c1].max(), np.float32)
     for c in range(c0, c1):
         n = sizes[c]
+        real = min(n, d - starts[c])
         b = buf[:n]
         b[:] = acc[starts[c]:starts[c] + n]
         fwht(b)
-        store_signed(b, starts[c], min(n, d - starts[c]), keys[c], out)
+        store_signed(b, starts[c], real, keys[c], out)
+        if w != 1.0:  # while the chunk is in cache (``finish`` would be a pass over out)
+            seg = out[starts[c]:starts[c] + real]
+            for i in range(real):
+                seg[i] = np.float32(np.float64(seg[i]) / w)
 
 
-def unrotate(acc, d, starts, sizes, keys, out):
-    """Decode-after-sum: out[:d] = D H acc per chunk, through a chunk-sized buffer: acc is
-    left as it was, and ``out`` may be acc[:d] itself (each chunk is read before its
-    coordinates are written)."""
-    over_chunks(_unrotate, sizes, acc, d, starts, sizes, keys, out)
+def unrotate(acc, d, starts, sizes, keys, out, weight=1.0):
+    """Decode-after-sum: out[:d] = D H acc per chunk, through a chunk-sized buffer, each
+    value then divided by ``weight`` as ``finish`` divides (float32 of the float64
+    quotient; 1: no division): acc is left as it was, and ``out`` may be acc[:d] itself
+    (each chunk is read before its coordinates are written)."""
+    over_chunks(_unrotate, sizes, acc, d, starts, sizes, keys, np.float64(weight), out)
 
 
 @njit(nogil=True, cache=True)
