@@ -102,6 +102,11 @@ def test_unrotate_keeps_its_input_and_may_write_over_it():
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
     K.unrotate(acc, d, lay.starts, lay.sizes, keys, acc[:d])  # in place
     np.testing.assert_array_equal(acc[:d], out)
+    # with a weight, each value is divided exactly as ``finish`` divides, bit for bit
+    mean = np.empty(d, np.float32)
+    K.unrotate(before, d, lay.starts, lay.sizes, keys, mean, 7.3)
+    K.finish(out, 7.3, out)
+    np.testing.assert_array_equal(mean, out)
 
 
 @pytest.mark.parametrize("method", METHODS)
