@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_peers import fwht
 
 import fedhd
 from fedhd.methods import get
@@ -91,12 +92,7 @@ def test_unrotate_keeps_its_input_and_may_write_over_it():
     ref = np.empty(d, np.float32)  # the textbook transform, chunk by chunk
     for c in range(lay.chunks):
         a, n = lay.starts[c], lay.sizes[c]
-        y = before[a:a + n].astype(np.float64)
-        h = 1
-        while h < n:
-            y = y.reshape(-1, 2, h)
-            y = np.stack([y[:, 0] + y[:, 1], y[:, 0] - y[:, 1]], axis=1).reshape(-1)
-            h *= 2
+        y = fwht(before[a:a + n])
         real = min(n, d - a)
         ref[a:a + real] = (rng.signs(int(keys[c]), n)[:real] * y[:real])
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * np.abs(ref).max())

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_peers import fwht
 
 import fedhd
 from fedhd import rng
@@ -432,17 +433,6 @@ def test_fuzz(data):
     assert (budget | same_chunks | seeds_crc_tables).all(), (kind, diff)
 
 
-def _fwht64(v: np.ndarray) -> np.ndarray:
-    """The textbook Walsh-Hadamard transform (Sylvester order) in float64."""
-    v = v.astype(np.float64).copy()
-    h = 1
-    while h < v.size:
-        v = v.reshape(-1, 2, h)
-        v = np.stack([v[:, 0] + v[:, 1], v[:, 0] - v[:, 1]], axis=1).reshape(-1)
-        h *= 2
-    return v
-
-
 def test_the_controllers_sample_is_the_rotations_first_coordinates():
     """Large inputs: the rate controller's sample of a chunk (its first n / 8 rotated
     coordinates) comes from H_(n/8) of the sum of D x's eight blocks, not from a full
@@ -463,7 +453,7 @@ def test_the_controllers_sample_is_the_rotations_first_coordinates():
         signed = np.zeros(n)
         real = min(n, d - st)
         signed[:real] = rng.signs(int(keys[c]), n)[:real] * x[st:st + real]
-        ref = _fwht64(signed)[:m]
+        ref = fwht(signed)[:m]
         err_sample = np.abs(sample[off[c]:off[c] + m] - ref).max()
         err_full = np.abs(full[st:st + m] - ref).max()
         assert err_sample <= 2 * err_full + 1e-6 * np.abs(ref).max(), (c, err_sample, err_full)

@@ -251,6 +251,8 @@ def unpack(payload: bytes, off: int, n: int, b: int) -> np.ndarray:
 
 
 def fwht(a: np.ndarray) -> np.ndarray:
+    """The textbook Walsh-Hadamard transform (Sylvester order, unnormalized) in float64:
+    the reference the tests hold fedhd's kernels to."""
     a = a.astype(np.float64).copy()
     h = 1
     while h < a.size:

@@ -351,6 +351,12 @@ def lookup_rotated(codes, starts, sizes, tables, bits, code_off, weight, acc):
                 weight, acc)
 
 
+@njit(inline="always", cache=True)
+def _divided(v, w):
+    """float32(float64(v) / w): the mean's one rounding (``finish`` and ``unrotate``)."""
+    return np.float32(np.float64(v) / w)
+
+
 @njit(nogil=True, cache=True)
 def _unrotate(c0, c1, acc, d, starts, sizes, keys, w, out):
     buf = np.empty(sizes[c0:c1].max(), np.float32)
@@ -364,7 +370,7 @@ def _unrotate(c0, c1, acc, d, starts, sizes, keys, w, out):
         if w != 1.0:  # while the chunk is in cache (``finish`` would be a pass over out)
             seg = out[starts[c]:starts[c] + real]
             for i in range(real):
-                seg[i] = np.float32(np.float64(seg[i]) / w)
+                seg[i] = _divided(seg[i], w)
 
 
 def unrotate(acc, d, starts, sizes, keys, out, weight=1.0):
@@ -378,7 +384,7 @@ def unrotate(acc, d, starts, sizes, keys, out, weight=1.0):
 @njit(nogil=True, cache=True)
 def _finish(c0, c1, bounds, total, w, out):
     for i in range(bounds[c0], bounds[c1]):
-        out[i] = np.float32(np.float64(total[i]) / w)
+        out[i] = _divided(total[i], w)
 
 
 def finish(total, w, out):
